@@ -1,0 +1,91 @@
+"""Static description of the network: the MLP of math.md §0.1 / §1.1."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+#: Activations with closed-form Gaussian moments (math.md §5.7, §5.9).
+CLOSED_FORM = ("erf", "relu")
+#: Smooth activations evaluated by Gauss–Hermite quadrature with derivative tables (§5.7).
+QUADRATURE = ("gelu", "tanh", "softplus", "silu")
+ACTIVATIONS = CLOSED_FORM + QUADRATURE
+
+#: Kernel kinds.  ``"ntk_truncated"`` is the ReLU JNTK with phi'' := 0 (math.md §0.5, §5.9).
+KINDS = ("nngp", "ntk", "ntk_truncated")
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A deep fully connected network in NTK parametrisation (math.md §0.1).
+
+    ``h1 = sigma_w W1 x / sqrt(d) + sigma_b b1``,
+    ``h(l+1) = sigma_w W phi(h l) / sqrt(n) + sigma_b b``, ``f = kappa h(L+1)``,
+    with all weights and biases i.i.d. N(0, 1).
+
+    Parameters
+    ----------
+    depth : int
+        Number of hidden layers ``L >= 1`` (the readout is linear).
+    activation : str
+        One of ``ACTIVATIONS``: ``"erf"``, ``"relu"`` (closed forms), ``"gelu"`` (exact,
+        ``u * Phi(u)``), ``"tanh"``, ``"softplus"``, ``"silu"`` (quadrature).
+    sigma_w, sigma_b : float
+        Weight and bias scales (``sigma_w > 0``, ``sigma_b >= 0``).
+    kappa : float
+        Output scale; every kernel carries the factor ``kappa**2``.
+    """
+
+    depth: int
+    activation: str
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+    kappa: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
+            )
+        for name in ("sigma_w", "sigma_b", "kappa"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.sigma_w <= 0:
+            raise ValueError(f"sigma_w must be positive, got {self.sigma_w}")
+        if self.sigma_b < 0:
+            raise ValueError(f"sigma_b must be non-negative, got {self.sigma_b}")
+        if self.kappa < 0:
+            raise ValueError(f"kappa must be non-negative, got {self.kappa}")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable description (stored verbatim in every Gram store)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MLP:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: data[k] for k in ("depth", "activation", "sigma_w", "sigma_b", "kappa")})
+
+
+def check_kind(arch: MLP, kind: str, jacobian: bool) -> None:
+    """Validate a kernel kind for an architecture (math.md §0.2, §0.5).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or the true ReLU JNTK (infinite diagonal blocks, §5.9).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {kind!r}; valid: {', '.join(KINDS)}")
+    if kind == "ntk" and jacobian and arch.activation == "relu":
+        raise ValueError(
+            "the Jacobian NTK of a ReLU network does not exist: its diagonal blocks are "
+            "infinite, because d/dp of the NTK's Sigma-dot = (pi - theta)/(2 pi) diverges like "
+            "1/sin(theta) as x' -> x (math.md §5.9). Use kind='ntk_truncated' for the kernel "
+            "that finite ReLU networks trained by autodiff follow (phi'' := 0), or a smooth "
+            "activation such as 'gelu' or 'erf'."
+        )

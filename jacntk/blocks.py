@@ -1,0 +1,191 @@
+"""From the eight fields to Jacobian-augmented blocks: dense assembly, the structured product,
+and projected augmentation (math.md §5.2, §5.4).
+
+Block of a pair (row index from ``x``, column index from ``x'``; index 0 the value)::
+
+    [[ K,                    (K_p x + 2 K_r x')^T                                       ],
+     [ K_p x' + 2 K_q x,      K_p I + K_pp x' x^T + 2 K_pq x x^T + 2 K_pr x' x'^T + 4 K_qr x x'^T ]]
+
+Dense matrices are point-major: row ``i*(d+1) + alpha``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fields import KernelFields
+from .validation import as_pair
+
+
+def _field_arrays(fields: KernelFields | np.ndarray) -> np.ndarray:
+    data = fields.data if isinstance(fields, KernelFields) else np.asarray(fields)
+    if data.ndim != 3 or data.shape[0] != 8:
+        raise ValueError(f"fields must have shape (8, n1, n2), got {data.shape}")
+    return data
+
+
+def _check_points(data: np.ndarray, X1, X2) -> tuple[np.ndarray, np.ndarray]:
+    A, B, _ = as_pair(X1, X2)
+    if data.shape[1:] != (A.shape[0], B.shape[0]):
+        raise ValueError(
+            f"fields of shape {data.shape[1:]} do not match point sets of "
+            f"{A.shape[0]} and {B.shape[0]} points"
+        )
+    return A, B
+
+
+def augment(fields: KernelFields | np.ndarray, X1, X2=None) -> np.ndarray:
+    """Dense Jacobian-augmented matrix from the fields.
+
+    Parameters
+    ----------
+    fields : KernelFields or (8, n1, n2) array
+    X1 : (n1, d); X2 : (n2, d), defaults to X1
+
+    Returns
+    -------
+    (n1*(d+1), n2*(d+1)) float64, point-major.  Cost O(n1 n2 d^2): use only where a dense
+    matrix is wanted; every product goes through ``structured_matmul``.
+    """
+    K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
+    A, B = _check_points(K[None], X1, X2)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    G = np.empty((n1, d + 1, n2, d + 1))
+    G[:, 0, :, 0] = K
+    G[:, 0, :, 1:] = Kp[:, :, None] * A[:, None, :] + 2.0 * Kr[:, :, None] * B[None, :, :]
+    G[:, 1:, :, 0] = (
+        Kp[:, :, None] * B[None, :, :] + 2.0 * Kq[:, :, None] * A[:, None, :]
+    ).transpose(0, 2, 1)
+    J = np.einsum("ij,ia,ib->iajb", 2.0 * Kpq, A, A)
+    J += np.einsum("ij,ja,ib->iajb", Kpp, B, A)
+    J += np.einsum("ij,ja,jb->iajb", 2.0 * Kpr, B, B)
+    J += np.einsum("ij,ia,jb->iajb", 4.0 * Kqr, A, B)
+    idx = np.arange(d)
+    J[:, idx, :, idx] += Kp[None, :, :]
+    G[:, 1:, :, 1:] = J
+    return G.reshape(n1 * (d + 1), n2 * (d + 1))
+
+
+def structured_matmul(fields: KernelFields | np.ndarray, X1, X2, V) -> np.ndarray:
+    """Multiply the augmented matrix by ``V`` without forming it (math.md §5.4).
+
+    With ``u = V[point, 0]``, ``W = V[point, 1:]`` (rows ``w_j``), ``P = X1 W^T``,
+    ``s_j = x'_j . w_j``::
+
+        o = C^K u + rowsum(C^p o P) + 2 C^r s
+        O = C^p W + (C^p diag(u) + C^pp o P + 2 C^pr diag(s)) X2
+            + diag(2 C^q u + 2 rowsum(C^pq o P) + 4 C^qr s) X1
+
+    Parameters
+    ----------
+    fields : KernelFields or (8, n1, n2) array
+    X1 : (n1, d); X2 : (n2, d) or None (= X1)
+    V : (n2*(d+1),) or (n2*(d+1), k), point-major
+
+    Returns
+    -------
+    (n1*(d+1),) or (n1*(d+1), k).  Cost: three (n1 x n2 x d) GEMMs per column, O(n1 n2) memory.
+    """
+    K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
+    A, B = _check_points(K[None], X1, X2)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    V = np.asarray(V, dtype=np.float64)
+    vector = V.ndim == 1
+    if V.shape[0] != n2 * (d + 1) or V.ndim > 2:
+        raise ValueError(f"V must have {n2 * (d + 1)} rows (n2*(d+1)), got shape {V.shape}")
+    V3 = V.reshape(n2, d + 1, -1)
+    out = np.empty((n1, d + 1, V3.shape[2]))
+    for m in range(V3.shape[2]):
+        u = V3[:, 0, m]
+        W = V3[:, 1:, m]
+        P = A @ W.T
+        s = np.einsum("ja,ja->j", B, W)
+        out[:, 0, m] = K @ u + np.einsum("ij,ij->i", Kp, P) + 2.0 * (Kr @ s)
+        coef = Kp * u[None, :] + Kpp * P + 2.0 * Kpr * s[None, :]
+        scale = 2.0 * (Kq @ u) + 2.0 * np.einsum("ij,ij->i", Kpq, P) + 4.0 * (Kqr @ s)
+        out[:, 1:, m] = Kp @ W + coef @ B + scale[:, None] * A
+    out = out.reshape(n1 * (d + 1), -1)
+    return out[:, 0] if vector else out
+
+
+def coordinate_directions(n: int, coords, d: int) -> np.ndarray:
+    """Directions that select input coordinates ``coords`` for every one of ``n`` points.
+
+    Returns (n, p, d) with ``out[i, a] = e_{coords[a]}``.
+    """
+    coords = np.asarray(coords, dtype=np.intp)
+    if coords.ndim != 1 or coords.size == 0 or coords.min() < 0 or coords.max() >= d:
+        raise ValueError(f"coords must be a non-empty list of indices in [0, {d}), got {coords}")
+    E = np.zeros((coords.size, d))
+    E[np.arange(coords.size), coords] = 1.0
+    return np.broadcast_to(E, (n, coords.size, d)).copy()
+
+
+def random_directions(n: int, p: int, d: int, seed=None) -> np.ndarray:
+    """``p`` independent random unit directions per point (Hoffman et al.'s Jacobian
+    regulariser), shape (n, p, d)."""
+    if p < 1:
+        raise ValueError(f"need at least one direction per point, got p={p}")
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal((n, p, d))
+    return U / np.linalg.norm(U, axis=2, keepdims=True)
+
+
+def _check_directions(U, n: int, d: int, name: str) -> np.ndarray:
+    U = np.asarray(U, dtype=np.float64)
+    if U.ndim == 2:
+        U = np.broadcast_to(U, (n,) + U.shape)
+    if U.ndim != 3 or U.shape[0] != n or U.shape[2] != d:
+        raise ValueError(f"{name} must have shape (p, {d}) or ({n}, p, {d}), got {U.shape}")
+    if not np.isfinite(U).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return U
+
+
+def projected_kernel(fields: KernelFields | np.ndarray, X1, X2, U1, U2=None) -> np.ndarray:
+    """Blocks of size (1+p) for p chosen directions per point, from the same fields.
+
+    Entry ``(alpha, beta)`` of a pair's block is ``e_alpha^T Block(x, x') e'_beta`` with
+    ``e_0 = value`` and ``e_a = (0, u_a)`` for the directions ``u_a`` of each point, so
+    ``(u^T (K_p I + rank-2) u')`` costs O(d) per pair and direction.
+
+    Parameters
+    ----------
+    U1 : (n1, p, d) or (p, d) directions of the points of X1; U2 likewise for X2
+        (defaults to U1 when X2 is None).
+
+    Returns
+    -------
+    (n1*(1+p), n2*(1+p)) float64, point-major.
+    """
+    K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
+    A, B = _check_points(K[None], X1, X2)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    U1 = _check_directions(U1, n1, d, "U1")
+    U2 = U1 if U2 is None and X2 is None else _check_directions(U2, n2, d, "U2")
+    if U1.shape[1] != U2.shape[1]:
+        raise ValueError(
+            f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
+        )
+    p = U1.shape[1]
+    ux = np.einsum("iad,id->ia", U1, A)  # u_a . x        (n1, p)
+    uz = np.einsum("iad,jd->ija", U1, B)  # u_a . x'      (n1, n2, p)
+    vx = np.einsum("jbd,id->ijb", U2, A)  # x . v_b       (n1, n2, p)
+    vz = np.einsum("jbd,jd->jb", U2, B)  # x' . v_b       (n2, p)
+    uv = np.einsum("iad,jbd->ijab", U1, U2)  # u_a . v_b   (n1, n2, p, p)
+    G = np.empty((n1, 1 + p, n2, 1 + p))
+    G[:, 0, :, 0] = K
+    G[:, 0, :, 1:] = Kp[:, :, None] * vx + 2.0 * Kr[:, :, None] * vz[None, :, :]
+    G[:, 1:, :, 0] = (Kp[:, :, None] * uz + 2.0 * Kq[:, :, None] * ux[:, None, :]).transpose(
+        0, 2, 1
+    )
+    J = Kp[:, :, None, None] * uv
+    J += Kpp[:, :, None, None] * uz[:, :, :, None] * vx[:, :, None, :]
+    J += 2.0 * Kpq[:, :, None, None] * ux[:, None, :, None] * vx[:, :, None, :]
+    J += 2.0 * Kpr[:, :, None, None] * uz[:, :, :, None] * vz[None, :, None, :]
+    J += 4.0 * Kqr[:, :, None, None] * ux[:, None, :, None] * vz[None, :, None, :]
+    G[:, 1:, :, 1:] = J.transpose(0, 2, 1, 3)
+    return G.reshape(n1 * (1 + p), n2 * (1 + p))

@@ -1,0 +1,1 @@
+"""The ``jacntk`` command line: one module per group of subcommands."""

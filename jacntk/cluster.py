@@ -1,0 +1,138 @@
+"""Connecting to Dask: an existing scheduler (address or file, optionally TLS) or an embedded
+``LocalCluster`` that is started and closed for the user.
+
+Every computing entry point takes ``client=`` (a ``distributed.Client``) in Python, and the CLI
+options added by ``add_cluster_arguments``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where to run: an address, a scheduler file, or (neither) an embedded local cluster.
+
+    ``workers`` sets the embedded cluster's process count (default: one per two cores, at least
+    one); each worker gets ``cores // workers`` Numba threads and a single Dask thread, so that
+    workers x threads equals the core count and nothing oversubscribes.
+    ``tls_ca``, ``tls_cert``, ``tls_key`` enable TLS with mutual authentication.
+    """
+
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    workers: int | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def security(self):
+        if not (self.tls_ca or self.tls_cert or self.tls_key):
+            return None
+        if not (self.tls_ca and self.tls_cert and self.tls_key):
+            raise ValueError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+        for path in (self.tls_ca, self.tls_cert, self.tls_key):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"TLS file {path} does not exist")
+        from distributed.security import Security
+
+        return Security(
+            tls_ca_file=self.tls_ca,
+            tls_client_cert=self.tls_cert,
+            tls_client_key=self.tls_key,
+            require_encryption=True,
+        )
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scheduler/TLS options shared by every CLI command that computes."""
+    group = parser.add_argument_group("cluster")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:port or tls://...)",
+    )
+    where.add_argument(
+        "--scheduler-file",
+        metavar="FILE",
+        help="scheduler file written by 'dask scheduler --scheduler-file'",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes of the embedded local cluster (default: cores/2)",
+    )
+    group.add_argument("--tls-ca", metavar="PEM", help="CA certificate (TLS)")
+    group.add_argument("--tls-cert", metavar="PEM", help="client certificate (TLS)")
+    group.add_argument("--tls-key", metavar="PEM", help="client private key (TLS)")
+
+
+def options_from_args(args: argparse.Namespace) -> ClusterOptions:
+    return ClusterOptions(
+        args.scheduler, args.scheduler_file, args.workers, args.tls_ca, args.tls_cert, args.tls_key
+    )
+
+
+def local_layout(workers: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """``(worker processes, Numba threads per worker)`` with product equal to the core count."""
+    cores = cores or os.cpu_count() or 1
+    if workers is None:
+        workers = max(1, cores // 2)
+    if workers < 1:
+        raise ValueError(f"workers must be positive, got {workers}")
+    return workers, max(1, cores // workers)
+
+
+@contextlib.contextmanager
+def get_client(options: ClusterOptions | None = None, client=None) -> Iterator:
+    """Yield a ``distributed.Client``: ``client`` itself if given, else one connected to the
+    scheduler named in ``options``, else one on an embedded ``LocalCluster`` (127.0.0.1,
+    processes) that is closed on exit."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster
+
+    options = options or ClusterOptions()
+    security = options.security()
+    if options.scheduler or options.scheduler_file:
+        kwargs = {"security": security} if security is not None else {}
+        if options.scheduler_file:
+            if not os.path.exists(options.scheduler_file):
+                raise FileNotFoundError(f"scheduler file {options.scheduler_file} does not exist")
+            c = Client(scheduler_file=options.scheduler_file, timeout="30s", **kwargs)
+        else:
+            c = Client(options.scheduler, timeout="30s", **kwargs)
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    n_workers, threads = local_layout(options.workers)
+    env = {
+        "NUMBA_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env=env,
+        memory_limit="auto",
+    )
+    try:
+        with Client(cluster) as c:
+            yield c
+    finally:
+        cluster.close()

@@ -1,0 +1,418 @@
+"""The layer recursion for the scalar kernels and the eight coefficient fields (math.md §5.5).
+
+Every layer kernel of the MLP depends on a pair ``(x, x')`` only through ``p = <x, x'>``,
+``q = |x|^2`` and ``r = |x'|^2`` (§5.1).  Its Jacobian-augmented ``(d+1) x (d+1)`` block (§5.2)
+is therefore fixed by eight scalar *fields*
+
+    K, K_p, K_q, K_r, K_pp, K_pq, K_pr, K_qr      (``FIELD_NAMES``, axis 0 of a field array)
+
+evaluated at each pair.  This module computes them for a tile of pairs in one fused pass over the
+layers, in Numba (``fields_tile``, ``scalar_tile``), parallel over rows, exploiting symmetry when
+``X2 is X1``.  :mod:`jacntk.reference` is a plain-NumPy implementation of the same recursion.
+
+Recursion (``omega = sigma_w^2``; ``c = S``, ``a = v_l(q)``, ``b = v_l(r)``, ``a_q = v_l'(q)``,
+``b_r = v_l'(r)``; ``F^{ij}`` from :mod:`jacntk.moments`)::
+
+    layer 1:  S = omega p / d + sigma_b^2,  S_p = omega / d,  other jets 0,  T = S
+    S'      = omega F00 + sigma_b^2
+    S'_p    = omega F11 c_p
+    S'_q    = omega (F11 c_q + F20 a_q / 2)                 (S'_r: q <-> r, F20 -> F02)
+    S'_pp   = omega (F22 c_p^2 + F11 c_pp)
+    S'_pq   = omega (F22 c_p c_q + F31 c_p a_q / 2 + F11 c_pq)     (S'_pr likewise)
+    S'_qr   = omega (F22 c_q c_r + F13 c_q b_r / 2 + F31 c_r a_q / 2 + F22 a_q b_r / 4 + F11 c_qr)
+    Sdot'   = the same with every moment index raised by (1, 1)
+    T'      = S' + Sdot' T         (jets by the product rule; kind "ntk_truncated": T'_* =
+                                    S'_* + Sdot' T_*, i.e. phi'' := 0, math.md §5.9)
+
+After ``L`` steps every field is multiplied by ``kappa^2``.  Diagonal chain (§5.6):
+``v_1 = omega q / d + sigma_b^2``, ``v_{l+1} = omega V(v_l) + sigma_b^2``,
+``v'_{l+1} = omega V'(v_l) v'_l`` with ``V(a) = F00(a, a, a)``, ``V'(a) = F11 + F20`` at
+``(a, a, a)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .arch import MLP, check_kind
+from .moments import (
+    ACT_CODES,
+    JETS,
+    N_MOMENTS,
+    NTK_JETS,
+    SCALAR,
+    gaussian_moments,
+    hermite_rule,
+    quadrature_nodes,
+)
+from .validation import as_pair
+
+FIELD_NAMES = ("K", "K_p", "K_q", "K_r", "K_pp", "K_pq", "K_pr", "K_qr")
+#: Field index under the exchange x <-> x' (K_q <-> K_r, K_pq <-> K_pr; math.md §5.2).
+FIELD_TRANSPOSE = (0, 1, 3, 2, 4, 6, 5, 7)
+KIND_CODES = {"nngp": 0, "ntk": 1, "ntk_truncated": 2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a tile kernel needs besides the points: compiled-kernel arguments."""
+
+    act: int
+    kind: int
+    depth: int
+    omega: float
+    sb2: float
+    kappa2: float
+    z: np.ndarray
+    w: np.ndarray
+
+
+def make_plan(arch: MLP, kind: str, jacobian: bool, max_sq_norm: float, d: int) -> Plan:
+    """Validate ``kind`` for ``arch`` and choose quadrature nodes for the variances met.
+
+    ``max_sq_norm`` is the largest ``|x|^2`` among the inputs; the largest pre-activation
+    variance over all layers bounds the node count (math.md §5.7).
+    """
+    check_kind(arch, kind, jacobian)
+    act = ACT_CODES[arch.activation]
+    if act in (0, 1):
+        z = w = np.zeros(1)
+    else:
+        z0, w0 = hermite_rule(64)
+        v, _ = _diag_chain(
+            act, arch.depth, arch.sigma_w**2, arch.sigma_b**2, d, np.array([max_sq_norm]), z0, w0
+        )
+        z, w = hermite_rule(quadrature_nodes(float(v.max())))
+    return Plan(
+        act, KIND_CODES[kind], arch.depth, arch.sigma_w**2, arch.sigma_b**2, arch.kappa**2, z, w
+    )
+
+
+@njit(cache=True, parallel=True)
+def _diag_chain(act, depth, omega, sb2, d, q, z, w):
+    """Per-point variances ``v[i, l] = v_{l+1}(q_i)`` and derivatives ``vp`` (math.md §5.6)."""
+    n = q.shape[0]
+    v = np.empty((n, depth))
+    vp = np.empty((n, depth))
+    for i in prange(n):
+        F = np.empty(N_MOMENTS)
+        a = omega * q[i] / d + sb2
+        ap = omega / d
+        for layer in range(depth):
+            v[i, layer] = a
+            vp[i, layer] = ap
+            gaussian_moments(act, a, a, a, JETS, z, w, F)
+            ap = omega * (F[1] + F[2]) * ap
+            a = omega * F[0] + sb2
+    return v, vp
+
+
+@njit(cache=True)
+def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, z, w, F):
+    """NNGP (kind 0) or NTK value of one pair: moments F00, F11 only."""
+    s = omega * p / d + sb2
+    t = s
+    for layer in range(depth):
+        gaussian_moments(act, s, vi[layer], vj[layer], SCALAR, z, w, F)
+        s_new = omega * F[0] + sb2
+        t = s_new + omega * F[1] * t
+        s = s_new
+    return t if kind != 0 else s
+
+
+@njit(cache=True)
+def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, z, w, F, S, T, nS, D):
+    """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T."""
+    for k in range(8):
+        S[k] = 0.0
+    S[0] = omega * p / d + sb2
+    S[1] = omega / d
+    for k in range(8):
+        T[k] = S[k]
+    order = NTK_JETS if kind == 1 else JETS
+    for layer in range(depth):
+        a = vi[layer]
+        b = vj[layer]
+        aq = vpi[layer]
+        br = vpj[layer]
+        collinear = gaussian_moments(act, S[0], a, b, order, z, w, F)
+        if collinear:
+            # ReLU at theta = 0: (g, grad g) at x and x' are perfectly correlated with the same
+            # sign, so E[1{g>0} 1{g'>0} G G'^T] = E[G G'^T] / 2 and every jet scales by omega/2.
+            for k in range(8):
+                nS[k] = 0.5 * omega * S[k]
+                D[k] = 0.0
+            nS[0] = omega * F[0] + sb2
+            D[0] = 0.5 * omega
+        else:
+            F00, F11, F20, F02, F22, F31, F13 = F[0], F[1], F[2], F[3], F[4], F[5], F[6]
+            cp, cq, cr, cpp, cpq, cpr, cqr = S[1], S[2], S[3], S[4], S[5], S[6], S[7]
+            nS[0] = omega * F00 + sb2
+            nS[1] = omega * F11 * cp
+            nS[2] = omega * (F11 * cq + 0.5 * F20 * aq)
+            nS[3] = omega * (F11 * cr + 0.5 * F02 * br)
+            nS[4] = omega * (F22 * cp * cp + F11 * cpp)
+            nS[5] = omega * (F22 * cp * cq + 0.5 * F31 * cp * aq + F11 * cpq)
+            nS[6] = omega * (F22 * cp * cr + 0.5 * F13 * cp * br + F11 * cpr)
+            nS[7] = omega * (
+                F22 * cq * cr
+                + 0.5 * F13 * cq * br
+                + 0.5 * F31 * cr * aq
+                + 0.25 * F22 * aq * br
+                + F11 * cqr
+            )
+            D[0] = omega * F11
+            if kind == 1:
+                F33, F42, F24 = F[7], F[8], F[9]
+                D[1] = omega * F22 * cp
+                D[2] = omega * (F22 * cq + 0.5 * F31 * aq)
+                D[3] = omega * (F22 * cr + 0.5 * F13 * br)
+                D[4] = omega * (F33 * cp * cp + F22 * cpp)
+                D[5] = omega * (F33 * cp * cq + 0.5 * F42 * cp * aq + F22 * cpq)
+                D[6] = omega * (F33 * cp * cr + 0.5 * F24 * cp * br + F22 * cpr)
+                D[7] = omega * (
+                    F33 * cq * cr
+                    + 0.5 * F24 * cq * br
+                    + 0.5 * F42 * cr * aq
+                    + 0.25 * F33 * aq * br
+                    + F22 * cqr
+                )
+        if kind == 1:
+            t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
+            T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
+            T[5] = nS[5] + D[5] * t0 + D[1] * t2 + D[2] * t1 + D[0] * T[5]
+            T[6] = nS[6] + D[6] * t0 + D[1] * t3 + D[3] * t1 + D[0] * T[6]
+            T[7] = nS[7] + D[7] * t0 + D[2] * t3 + D[3] * t2 + D[0] * T[7]
+            T[1] = nS[1] + D[1] * t0 + D[0] * t1
+            T[2] = nS[2] + D[2] * t0 + D[0] * t2
+            T[3] = nS[3] + D[3] * t0 + D[0] * t3
+            T[0] = nS[0] + D[0] * t0
+        elif kind == 2:
+            for k in range(8):
+                T[k] = nS[k] + D[0] * T[k]
+        for k in range(8):
+            S[k] = nS[k]
+
+
+@njit(cache=True, parallel=True)
+def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, z, w, symmetric):
+    """The eight fields for all pairs of a tile.
+
+    Parameters
+    ----------
+    P : (n1, n2) float64
+        Inner products ``<x_i, x'_j>``.
+    v1, vp1 : (n1, depth); v2, vp2 : (n2, depth)
+        Diagonal chains of the two point sets (``_diag_chain``).
+    symmetric : bool
+        ``X2 is X1``: only ``j >= i`` is computed, the rest mirrored with ``FIELD_TRANSPOSE``.
+
+    Returns
+    -------
+    (8, n1, n2) float64, axis 0 ordered as ``FIELD_NAMES``, multiplied by ``kappa2``.
+    """
+    n1, n2 = P.shape
+    out = np.empty((8, n1, n2))
+    n_rows = (n1 + 1) // 2 if symmetric else n1
+    for t in prange(n_rows):
+        F = np.empty(N_MOMENTS)
+        S = np.empty(8)
+        T = np.empty(8)
+        nS = np.empty(8)
+        D = np.empty(8)
+        res = S if kind == 0 else T
+        for rep in range(2 if symmetric else 1):
+            i = np.int64(t)
+            if rep == 1:
+                if n1 - 1 - i == i:
+                    break
+                i = n1 - 1 - i
+            j0 = i if symmetric else 0
+            for j in range(j0, n2):
+                _pair_jets(
+                    act,
+                    kind,
+                    depth,
+                    omega,
+                    sb2,
+                    P[i, j],
+                    d,
+                    v1[i],
+                    vp1[i],
+                    v2[j],
+                    vp2[j],
+                    z,
+                    w,
+                    F,
+                    S,
+                    T,
+                    nS,
+                    D,
+                )
+                for k in range(8):
+                    out[k, i, j] = kappa2 * res[k]
+    if symmetric:
+        for k in range(8):
+            _mirror(out[FIELD_TRANSPOSE[k]], out[k])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, z, w, symmetric):
+    """NNGP (kind 0) or NTK (kinds 1, 2) values for all pairs of a tile: shape (n1, n2)."""
+    n1, n2 = P.shape
+    out = np.empty((n1, n2))
+    n_rows = (n1 + 1) // 2 if symmetric else n1
+    for t in prange(n_rows):
+        F = np.empty(N_MOMENTS)
+        for rep in range(2 if symmetric else 1):
+            i = np.int64(t)
+            if rep == 1:
+                if n1 - 1 - i == i:
+                    break
+                i = n1 - 1 - i
+            j0 = i if symmetric else 0
+            for j in range(j0, n2):
+                out[i, j] = kappa2 * _pair_scalar(
+                    act, kind, depth, omega, sb2, P[i, j], d, v1[i], v2[j], z, w, F
+                )
+    if symmetric:
+        _mirror(out, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _mirror(src, dst):
+    """``dst[j, i] = src[i, j]`` for ``j > i`` (blocked transpose of the upper triangle)."""
+    n = src.shape[0]
+    bs = 64
+    nb = (n + bs - 1) // bs
+    for bi in prange(nb):
+        for bj in range(bi, nb):
+            for i in range(bi * bs, min(n, (bi + 1) * bs)):
+                for j in range(max(i + 1, bj * bs), min(n, (bj + 1) * bs)):
+                    dst[j, i] = src[i, j]
+
+
+def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
+    """``P = X1 X2^T`` (a SYRK when symmetric) and the squared norms, with ``P_ii = q_i``
+    exactly on the diagonal of a symmetric Gram (so x = x' is recognised as such)."""
+    q1 = np.einsum("ij,ij->i", X1, X1)
+    if symmetric:
+        P = X1 @ X1.T
+        np.fill_diagonal(P, q1)
+        return P, q1, q1
+    return X1 @ X2.T, q1, np.einsum("ij,ij->i", X2, X2)
+
+
+@dataclass(frozen=True)
+class KernelFields:
+    """The structured representation of a Jacobian-augmented kernel matrix (math.md §5.2).
+
+    Attributes
+    ----------
+    K, K_p, K_q, K_r, K_pp, K_pq, K_pr, K_qr : (n1, n2) float64
+        Views into ``data``; ``K_bullet[i, j] = kappa^2 d_bullet Kernel(p_ij, q_i, r_j)``.
+        For ``kind="ntk_truncated"`` they are the truncated recursion's fields, which enter the
+        block formula the same way but are not derivatives of one scalar function.
+    data : (8, n1, n2) float64
+        All fields, axis 0 ordered as ``FIELD_NAMES``.
+    kind : str
+        ``"nngp"``, ``"ntk"`` or ``"ntk_truncated"``.
+    """
+
+    data: np.ndarray
+    kind: str
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in FIELD_NAMES:
+            return self.data[FIELD_NAMES.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[1:]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """The eight fields by name."""
+        return dict(zip(FIELD_NAMES, self.data, strict=True))
+
+
+def compute_tile(
+    arch: MLP, X1, X2=None, *, kind: str = "ntk", jacobian: bool = False, plan: Plan | None = None
+) -> np.ndarray:
+    """Scalar kernel ``(n1, n2)`` or field array ``(8, n1, n2)`` for one tile of pairs.
+
+    This is the pure function that distributed assembly runs per tile; ``X2=None`` (or
+    ``X2 is X1``) computes a symmetric diagonal tile.  ``plan`` may be passed to fix the
+    quadrature rule across tiles (see ``make_plan``).
+    """
+    A, B, symmetric = as_pair(X1, X2)
+    P, q1, q2 = _inner_products(A, B, symmetric)
+    d = A.shape[1]
+    if plan is None:
+        plan = make_plan(arch, kind, jacobian, float(max(q1.max(), q2.max())), d)
+    else:
+        check_kind(arch, kind, jacobian)
+    v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.z, plan.w)
+    v2, vp2 = (
+        (v1, vp1)
+        if symmetric
+        else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.z, plan.w)
+    )
+    if jacobian:
+        return fields_tile(
+            plan.act,
+            plan.kind,
+            plan.depth,
+            plan.omega,
+            plan.sb2,
+            plan.kappa2,
+            P,
+            d,
+            v1,
+            vp1,
+            v2,
+            vp2,
+            plan.z,
+            plan.w,
+            symmetric,
+        )
+    return scalar_tile(
+        plan.act,
+        plan.kind,
+        plan.depth,
+        plan.omega,
+        plan.sb2,
+        plan.kappa2,
+        P,
+        d,
+        v1,
+        v2,
+        plan.z,
+        plan.w,
+        symmetric,
+    )
+
+
+def kernel_fields(arch: MLP, X1, X2=None, *, kind: str = "ntk") -> KernelFields:
+    """The eight coefficient fields of the Jacobian-augmented kernel between two point sets.
+
+    Parameters
+    ----------
+    arch : MLP
+    X1 : (n1, d) array_like
+    X2 : (n2, d) array_like, optional
+        Defaults to ``X1`` (symmetric Gram; only half the pairs are computed).
+    kind : {"ntk", "nngp", "ntk_truncated"}
+
+    Returns
+    -------
+    KernelFields
+        ``K_bullet[i, j] = kappa^2 d_bullet K(p, q, r)`` at ``p = <x_i, x'_j>``, ``q = |x_i|^2``,
+        ``r = |x'_j|^2`` (math.md §5.2, §5.5).  Cost O(n1 n2 (d + depth)).
+    """
+    return KernelFields(compute_tile(arch, X1, X2, kind=kind, jacobian=True), kind)

@@ -1,0 +1,56 @@
+"""Input checks shared by every public entry point: clear errors that name the bad value."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_points(X, name: str = "X") -> np.ndarray:
+    """Return ``X`` as a C-contiguous float64 array of shape (n, d), or raise ValueError.
+
+    Rejects non-2-D input, empty arrays and non-finite entries (NaN/inf), naming the first bad
+    row so the user can find it in their data.
+    """
+    try:
+        arr = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array: {exc}") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (n_points, d), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one point and d >= 1")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.argwhere(~finite.all(axis=1))[0, 0])
+        raise ValueError(
+            f"{name} contains NaN or inf ({int((~finite).sum())} entries; first in row {row})"
+        )
+    return arr
+
+
+def as_pair(X1, X2, names: tuple[str, str] = ("X1", "X2")) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate the two point sets of a cross-kernel.
+
+    Returns ``(X1, X2, symmetric)`` where ``symmetric`` is True when ``X2`` is None or the very
+    same array object as ``X1`` (then ``X2`` is ``X1``).
+    """
+    A = as_points(X1, names[0])
+    if X2 is None or X2 is X1:
+        return A, A, True
+    B = as_points(X2, names[1])
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} have different input dimensions d: "
+            f"{A.shape[1]} vs {B.shape[1]}"
+        )
+    return A, B, False
+
+
+def as_vector(v, n: int, name: str) -> np.ndarray:
+    """Return a finite float64 array whose first axis has length ``n``, or raise ValueError."""
+    arr = np.asarray(v, dtype=np.float64)
+    if arr.ndim == 0 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have length {n} along its first axis, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
