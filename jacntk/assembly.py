@@ -1,0 +1,370 @@
+"""Distributed, resumable assembly of a Gram matrix into a Zarr store (see :mod:`jacntk.store`).
+
+The task graph has two kinds of small tasks and never holds the matrix:
+
+* ``points-I``: read input tile ``X_I`` from the store (the inputs are written first);
+* ``tile-I-J`` for ``I <= J`` (symmetry: each pair of points is computed once): the pure
+  function ``compute_tile(arch, X_I, X_J, plan=plan)`` (``X_J = None`` on the diagonal), then
+  :func:`jacntk.store.write_tile`, which writes the chunks this task alone owns and, last, its
+  manifest record.
+
+Order: validate everything, write metadata and inputs, run the missing tiles, then mark the store
+complete and consolidate its metadata.  A re-run computes only tiles without a manifest record;
+a worker lost mid-task is replaced by the scheduler and its tile recomputed (same bytes).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .arch import MLP, check_kind
+from .fields import Plan, compute_tile, make_plan
+from .store import (
+    DEFAULT_TILE,
+    GramStore,
+    StoreLocation,
+    _jacntk_attrs,
+    _scan_manifest,
+    _writable_arrays,
+    check_dtype,
+    check_tile,
+    compare_attributes,
+    create_store,
+    mark_complete,
+    store_attributes,
+    upper_tiles,
+    write_inputs,
+    write_tile,
+)
+from .validation import as_points
+
+
+@dataclass(frozen=True)
+class AssemblyReport:
+    """What one call of :func:`assemble` did.
+
+    ``computed`` tiles were run by this call, ``skipped`` were already recorded in the store's
+    manifest; ``computed + skipped == tiles_total`` when the call succeeds.
+    """
+
+    url: str
+    tiles_total: int
+    computed: int
+    skipped: int
+    complete: bool
+    seconds: float
+    bytes_written: int
+    workers: int
+    created: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Task functions (run on workers; module level so that they pickle by reference)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_points(location: StoreLocation, store_uuid: str, rows: slice) -> np.ndarray:
+    """Input tile ``X[rows]`` (float64) from the store."""
+    return np.ascontiguousarray(_writable_arrays(location, store_uuid)["X"][rows])
+
+
+def _tile_task(
+    location: StoreLocation,
+    meta: dict,
+    plan: Plan,
+    i: int,
+    j: int,
+    xi: np.ndarray,
+    xj: np.ndarray | None,
+) -> tuple[int, int, int, float]:
+    """Compute tile ``(i, j)`` from its two input tiles and write it.  Returns
+    ``(i, j, bytes written, seconds computing)``."""
+    t0 = time.perf_counter()
+    values = compute_tile(
+        MLP.from_dict(meta["arch"]),
+        xi,
+        xj,
+        kind=meta["kind"],
+        jacobian=meta["jacobian"],
+        plan=plan,
+    )
+    seconds = time.perf_counter() - t0
+    nbytes = write_tile(location, meta["uuid"], i, j, values, meta)
+    return i, j, nbytes, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Client side
+# --------------------------------------------------------------------------------------------
+
+
+def _io_error(exc: OSError, location: StoreLocation, what: str) -> Exception:
+    """A clear error for a failed write: read-only location, full disk, or other."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionError(f"cannot {what} at {location.url}: {reason} (read-only location?)")
+    if exc.errno == errno.ENOSPC:
+        return OSError(
+            errno.ENOSPC,
+            f"no space left on the device holding {location.url} while trying to {what}; "
+            "tiles already recorded in its manifest are intact: free space and re-run to resume",
+        )
+    return OSError(exc.errno, f"cannot {what} at {location.url}: {reason}")
+
+
+def _existing_meta(location: StoreLocation) -> dict | None:
+    """Attributes of a jacntk store at ``location``; None if nothing (or an empty folder) is
+    there.  Raises for something else (kept intact)."""
+    if not location.exists() or not location.has_entries():
+        return None
+    fs, root = location.filesystem()
+    if not fs.exists(root.rstrip("/") + "/zarr.json"):
+        raise ValueError(
+            f"{location.url} exists and is not a Zarr store; refusing to write into or replace "
+            "it (choose another --out, or remove it yourself)"
+        )
+    try:
+        return _jacntk_attrs(location.open_group("r"), location.url)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+        raise _NotUsable(str(exc)) from None
+
+
+class _NotUsable(ValueError):
+    """A Zarr store is there but it is not a usable jacntk store (replaceable with overwrite)."""
+
+
+def prepare_store(
+    location: StoreLocation,
+    arch: MLP,
+    X: np.ndarray,
+    *,
+    kind: str,
+    jacobian: bool,
+    tile: int | None,
+    dtype: str,
+    overwrite: bool,
+) -> tuple[dict, bool]:
+    """Open a compatible store for resuming, or create one.  Returns ``(attributes, created)``.
+
+    Raises ``ValueError`` for a store made for other inputs / settings (unless ``overwrite``),
+    and for a location holding something that is not a Zarr store (always).
+    """
+    try:
+        existing = _existing_meta(location)
+        problem = None
+    except _NotUsable as exc:
+        existing, problem = None, str(exc)
+    if tile is None:
+        tile = existing["tile"] if existing else DEFAULT_TILE
+    tile = min(check_tile(tile), X.shape[0])
+    wanted = store_attributes(arch, X, kind=kind, jacobian=jacobian, tile=tile, dtype=dtype)
+    if existing is not None:
+        differences = compare_attributes(existing, wanted)
+        if not differences:
+            if not existing.get("inputs_written"):
+                try:
+                    write_inputs(location.open_group("r+"), X)
+                except OSError as exc:
+                    raise _io_error(exc, location, "write the inputs") from exc
+            return existing, False
+        problem = f"{location.url} holds a Gram store made for other settings: " + "; ".join(
+            differences
+        )
+    if problem is not None and not overwrite:
+        raise ValueError(f"{problem}. Use overwrite=True (--overwrite) to replace it")
+    try:
+        create_store(location, wanted, X)
+    except OSError as exc:
+        raise _io_error(exc, location, "create the store") from exc
+    return wanted, True
+
+
+class _Progress:
+    """A bounded one-line text progress bar on stderr (redrawn at most every 0.2 s)."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total, self.enabled, self.label = total, enabled, label
+        self.done = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.2 or self.done == self.total):
+            self.last = now
+            frac = self.done / max(self.total, 1)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(
+                f"\r{self.label} [{bar:<30s}] {self.done}/{self.total} tiles {now - self.t0:6.1f} s"
+            )
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def assemble(
+    arch: MLP,
+    X,
+    store,
+    *,
+    kind: str = "ntk",
+    jacobian: bool = False,
+    tile: int | None = None,
+    dtype: str = "float64",
+    client=None,
+    cluster=None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    storage_options: dict | None = None,
+) -> AssemblyReport:
+    """Assemble the Gram matrix of ``X`` (or the Jacobian kernel's fields) into a Zarr store.
+
+    Parameters
+    ----------
+    arch : MLP
+    X : (n, d) array_like
+        Finite inputs.
+    store : str or path
+        Local path or fsspec URL of the store (created, resumed, or refused: see below).
+    kind : {"ntk", "nngp", "ntk_truncated"}
+    jacobian : bool
+        Store the eight coefficient fields (as six arrays, math.md §5.2) instead of the
+        scalar Gram; Jacobian blocks are then materialised on query.
+    tile : int, optional
+        Tile edge = chunk edge; default: the existing store's, else ``DEFAULT_TILE``.
+    dtype : {"float64", "float32"}
+        Storage precision (computation is float64).
+    client : distributed.Client, optional
+        Run on this client; else ``cluster`` (a :class:`jacntk.cluster.ClusterOptions`) says
+        where, and with neither an embedded ``LocalCluster`` is started and closed.
+    overwrite : bool
+        Replace a store made for other inputs or settings (default: refuse).
+    progress : bool, optional
+        Progress bar on stderr; default: when stderr is a terminal.
+    storage_options : dict, optional
+        fsspec options for a URL store (e.g. ``endpoint_url``, ``key``, ``secret`` for S3).
+
+    Returns
+    -------
+    AssemblyReport
+        ``computed`` and ``skipped`` tile counts, timing, bytes written.
+
+    Raises
+    ------
+    ValueError
+        Bad inputs (NaN, shapes), kind, dtype or tile; an incompatible existing store.
+    PermissionError
+        A read-only location.
+    OSError
+        ENOSPC (disk full) and other write failures; recorded tiles stay intact.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(arch, MLP):
+        raise ValueError(f"arch must be a jacntk.MLP, got {arch!r}")
+    check_kind(arch, kind, jacobian)
+    X = as_points(X, "X")
+    dtype = check_dtype(dtype)
+    if tile is not None:
+        check_tile(tile)
+    location = StoreLocation.of(store, storage_options)
+    n, d = X.shape
+    plan = make_plan(arch, kind, jacobian, float(np.einsum("ij,ij->i", X, X).max()), d)
+    meta, created = prepare_store(
+        location,
+        arch,
+        X,
+        kind=kind,
+        jacobian=jacobian,
+        tile=tile,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    gram = GramStore.open(location)
+    todo = gram.missing_tiles()
+    total = len(upper_tiles(gram.n_tiles))
+    nbytes, workers = 0, 0
+    if todo:
+        nbytes, workers = _run_tiles(location, meta, plan, todo, client, cluster, progress)
+    done = _scan_manifest(gram.refresh()._array("manifest"), gram.n_tiles)
+    complete = bool(done[np.triu_indices(gram.n_tiles)].all())
+    if complete and (todo or not meta.get("complete")):
+        try:
+            mark_complete(location)
+        except OSError as exc:
+            raise _io_error(exc, location, "mark the store complete") from exc
+    return AssemblyReport(
+        url=location.url,
+        tiles_total=total,
+        computed=len(todo),
+        skipped=total - len(todo),
+        complete=complete,
+        seconds=time.perf_counter() - t0,
+        bytes_written=nbytes,
+        workers=workers,
+        created=created,
+    )
+
+
+def _run_tiles(location, meta, plan, todo, client, cluster, progress) -> tuple[int, int]:
+    """Submit one task per missing tile and wait; returns (bytes written, workers)."""
+    from distributed import as_completed
+
+    from .cluster import get_client
+
+    tile, n = meta["tile"], meta["n"]
+    token = uuid.uuid4().hex[:10]
+    enabled = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = _Progress(len(todo), enabled, "assemble")
+    with get_client(cluster, client) as c:
+        workers = len(c.scheduler_info().get("workers", {}))
+        needed = sorted({i for i, _ in todo} | {j for _, j in todo})
+        points = {
+            i: c.submit(
+                _read_points,
+                location,
+                meta["uuid"],
+                slice(i * tile, min(n, (i + 1) * tile)),
+                key=f"jacntk-points-{token}-{i}",
+            )
+            for i in needed
+        }
+        futures = [
+            c.submit(
+                _tile_task,
+                location,
+                meta,
+                plan,
+                i,
+                j,
+                points[i],
+                None if i == j else points[j],
+                key=f"jacntk-tile-{token}-{i}-{j}",
+            )
+            for i, j in todo
+        ]
+        del points
+        nbytes = 0
+        try:
+            for future in as_completed(futures):
+                _, _, written, _ = future.result()
+                nbytes += written
+                bar.advance()
+        except OSError as exc:
+            c.cancel(futures)
+            raise _io_error(exc, location, "write tiles") from exc
+        except BaseException:
+            c.cancel(futures)
+            raise
+    return nbytes, workers
+
+
+__all__ = ["AssemblyReport", "assemble", "prepare_store"]
