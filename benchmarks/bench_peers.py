@@ -1,0 +1,908 @@
+"""jacntk side by side with its peers: neural-tangents (JAX) and SciPy, same inputs, same machine.
+
+One command runs every row; the peer runs in its own environment (``benchmarks/peers/setup.sh``)::
+
+    bash benchmarks/peers/setup.sh                   # once: benchmarks/peers/.venv (~3 GB)
+    .venv/bin/python benchmarks/bench_peers.py       # all rows -> RESULTS.md "peers" + PNG
+    .venv/bin/python benchmarks/bench_peers.py --task scalar --sizes 2000 5000 --dims 10
+
+How a row is run: both libraries get a fresh worker process (jacntk: this script with
+``--serve``; peer: ``benchmarks/peers/nt_worker.py`` under the peer's Python), each under the same
+address-space cap (``prlimit --as``), so an out-of-memory peer dies alone and is recorded as such.
+Inputs and outputs are exchanged as ``.npy`` files in a temporary directory.  The harness sends the
+same request to the two workers *in alternation*, ``1 + repeats`` times (the first is a warm-up
+whose outputs are saved and compared; it also absorbs JIT compilation), and records the median
+time of the rest, the peak resident memory of each worker (``ru_maxrss``, which includes the
+libraries' import footprint, reported separately) and the machine's load average.
+
+Rows (issue 7):
+
+* ``scalar``: NNGP and NTK Grams, depth 3, erf and relu, N = 2,000 ... 20,000, d = 10 (Gaussian)
+  and 784 (Fashion-MNIST pixels / 255), float64 and float32.  neural-tangents computes both
+  kernels in one jitted ``kernel_fn(X, X, ("nngp", "ntk"))``; jacntk computes each with
+  ``jacntk.kernel`` (time of NTK alone and of both are reported).  In float32 jacntk still
+  computes in float64 (math.md §0.6) and returns float32; JAX runs in float32.
+* ``jacobian``: the Jacobian-augmented NTK (erf), N = 200 / 1,000 / 2,000, d = 10 and 100.
+  jacntk: ``kernel_fields`` (the structured representation, enough for every product) and, where
+  the dense matrix fits under the cap, ``augment``.  neural-tangents has no such kernel: the
+  (d+1) x (d+1) block of a pair is ``[[K, d_x' K], [d_x K, d_x d_x' K]]`` by ``jax.grad`` /
+  ``jax.jacfwd`` of ``kernel_fn`` on that pair, vmapped over chunks of pairs; it is timed on a
+  random sample of pairs and extrapolated to the N(N+1)/2 pairs of the symmetric Gram.
+* ``dynamics``: predictions at 10 training times (NTK, lam = 0, mean predictor) with
+  ``jacntk.predict`` vs ``neural_tangents.predict.gradient_descent_mse`` (kernel + ``eigh``).
+  Learning-rate conventions coincide: neural-tangents evolves ``exp(-eta t K / N)`` for one
+  output (it divides by ``y_train.size``); jacntk evolves ``exp(-c t Theta)`` with
+  ``c = eta kappa^2 / N`` (math.md §0.4) and ``kappa^2 Theta = K``.  Same ``eta``, same ``t``.
+* ``expm``: ``exp(-c t K) y`` at 10 times: jacntk's Lanczos vs ``scipy.sparse.linalg.
+  expm_multiply`` on the same dense NTK Gram, both checked against ``eigh``, jacntk's tolerance
+  set so its error is no larger than SciPy's.
+
+Values: "max rel diff" is ``max |a - b| / max |b|`` over the compared entries (all of them, or
+``--compare-rows`` evenly spaced rows of a large Gram, or the sampled Jacobian pairs).
+
+Results accumulate in ``benchmarks/peers/results.json`` (one record per row, so sizes can be run
+at different times) and are rendered into ``benchmarks/RESULTS.md`` (section ``peers``) and
+``benchmarks/peers_scaling.png`` after each run.  ``--quick --no-peer`` runs tiny jacntk-only
+rows and writes nothing unless ``--json`` is given (the smoke test uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run as a script: make ``benchmarks.results`` importable
+    sys.path.insert(0, str(HERE.parent))
+
+PEER_DIR = HERE / "peers"
+PEER_PYTHON = PEER_DIR / ".venv" / "bin" / "python"
+PEER_WORKER = PEER_DIR / "nt_worker.py"
+RESULTS_JSON = PEER_DIR / "results.json"
+PLOT = HERE / "peers_scaling.png"
+
+DEPTH = 3
+TIMES = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, float("inf")]
+FULL = {
+    "scalar": {"sizes": [2000, 5000, 10000, 20000], "dims": [10, 784]},
+    "jacobian": {"sizes": [200, 1000, 2000], "dims": [10, 100]},
+    "dynamics": {"sizes": [2000, 10000, 20000], "dims": [784]},
+    "expm": {"sizes": [2000, 5000], "dims": [784]},
+}
+QUICK = {
+    "scalar": {"sizes": [60, 120], "dims": [10]},
+    "jacobian": {"sizes": [20, 40], "dims": [4]},
+    "dynamics": {"sizes": [60], "dims": [10]},
+    "expm": {"sizes": [80], "dims": [10]},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and comparisons (pure functions)
+
+
+def points(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """The benchmark inputs (n, d): the first n Fashion-MNIST training images (pixels / 255) for
+    d = 784, else standard normal points (seeded)."""
+    if d == 784:
+        from jacntk.data import fashion_mnist
+
+        return fashion_mnist("train", n)[0]
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
+def targets(X: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Regression targets for the dynamics rows: a fixed smooth function of X plus noise."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+    return np.sin(X @ w) + 0.1 * rng.standard_normal(X.shape[0])
+
+
+def compare_rows(n: int, max_rows: int) -> np.ndarray:
+    """Indices of the rows of an (n, n) Gram that are saved and compared."""
+    return np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64))
+
+
+def sample_pairs(n: int, m: int, seed: int = 2) -> np.ndarray:
+    """``m`` distinct pairs ``(i, j)``, ``i <= j``, of an n-point symmetric Gram (all of them
+    when there are at most m), always including a few diagonal pairs ``(i, i)``."""
+    total = n * (n + 1) // 2
+    if total <= m:
+        i, j = np.triu_indices(n)
+        return np.stack([i, j], 1).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    diag = rng.choice(n, size=min(n, max(1, m // 16)), replace=False)
+    pairs = {(int(i), int(i)) for i in diag}
+    while len(pairs) < m:
+        i, j = sorted(int(v) for v in rng.integers(0, n, 2))
+        pairs.add((i, j))
+    return np.array(sorted(pairs), dtype=np.int64)
+
+
+def max_rel_diff(a, b) -> float:
+    """``max |a - b| / max |b|`` (b is the reference)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare arrays of shapes {a.shape} and {b.shape}")
+    scale = np.abs(b).max()
+    return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max())
+
+
+def pair_blocks(fields: np.ndarray, X: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The (d+1) x (d+1) Jacobian-augmented blocks of ``pairs`` from jacntk's (8, n, n) fields,
+    via ``jacntk.augment`` on the one-pair field slices: (m, d+1, d+1)."""
+    from jacntk import augment
+
+    out = np.empty((len(pairs), X.shape[1] + 1, X.shape[1] + 1))
+    for k, (i, j) in enumerate(pairs):
+        out[k] = augment(fields[:, i : i + 1, j : j + 1], X[i : i + 1], X[j : j + 1].copy())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The jacntk worker (``--serve``): same protocol as benchmarks/peers/nt_worker.py
+
+
+def _arch(spec: dict):
+    from jacntk import MLP
+
+    return MLP.from_dict(spec)
+
+
+def serve_scalar(req: dict, cache: dict) -> dict:
+    from jacntk import kernel
+
+    arch = _arch(req["arch"])
+    X = cache.setdefault(("x", req["x"]), np.load(req["x"]))
+    dtype = X.dtype
+    seconds, out = {}, {}
+    for kind in ("nngp", "ntk"):
+        t0 = time.perf_counter()
+        K = kernel(arch, X, kind=kind).astype(dtype, copy=False)
+        seconds[kind] = time.perf_counter() - t0
+        if req.get("out"):
+            rows = slice(None) if req.get("rows") is None else np.load(req["rows"])
+            out[kind] = K[rows]
+        del K
+    seconds["nngp+ntk"] = seconds["nngp"] + seconds["ntk"]
+    for kind, value in out.items():
+        np.save(f"{req['out']}_{kind}.npy", value)
+    return {"seconds": seconds}
+
+
+def serve_jacobian(req: dict, cache: dict) -> dict:
+    from jacntk import augment, kernel_fields
+
+    arch = _arch(req["arch"])
+    X = np.load(req["x"])
+    seconds = {}
+    t0 = time.perf_counter()
+    fields = kernel_fields(arch, X, kind="ntk")
+    seconds["fields"] = time.perf_counter() - t0
+    dense = None
+    if req.get("dense"):
+        t0 = time.perf_counter()
+        dense = augment(fields, X)
+        seconds["fields+dense"] = seconds["fields"] + time.perf_counter() - t0
+    if req.get("out"):
+        pairs = np.load(req["pairs"])
+        if dense is not None:
+            b = X.shape[1] + 1
+            G = dense.reshape(X.shape[0], b, X.shape[0], b)
+            blocks = G[pairs[:, 0], :, pairs[:, 1], :]
+        else:
+            blocks = pair_blocks(fields.data, X, pairs)
+        np.save(req["out"], blocks)
+    return {"seconds": seconds}
+
+
+def serve_dynamics(req: dict, cache: dict) -> dict:
+    import jacntk
+
+    arch = _arch(req["arch"])
+    X, y, Xt = (np.load(req[k]) for k in ("x", "y", "xt"))
+    t0 = time.perf_counter()
+    result = jacntk.predict(
+        arch, X, y, Xt, times=req["times"], kind="ntk", learning_rate=req["learning_rate"]
+    )
+    values = np.asarray(result.values)
+    seconds = {"total": time.perf_counter() - t0}
+    if req.get("out"):
+        np.save(req["out"], values)
+    return {"seconds": seconds}
+
+
+SERVE_OPS = {"scalar": serve_scalar, "jacobian": serve_jacobian, "dynamics": serve_dynamics}
+
+
+def serve() -> int:
+    """The jacntk worker loop: JSON requests on stdin, ``@@ {json}`` replies on stdout."""
+    import resource
+
+    import jacntk
+
+    def rss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    hello = {"library": "jacntk", "version": jacntk.__version__, "rss_mib": rss()}
+    print("@@ " + json.dumps(hello), flush=True)
+    cache: dict = {}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        try:
+            reply = SERVE_OPS[req["op"]](req, cache)
+        except MemoryError:
+            reply = {"error": "MemoryError (address-space cap reached)"}
+        except Exception as exc:  # reported to the harness, which records the failure
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply["peak_rss_mib"] = rss()
+        print("@@ " + json.dumps(reply), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes
+
+
+class WorkerError(RuntimeError):
+    """A worker died, timed out or reported an error."""
+
+
+class Worker:
+    """A long-lived worker subprocess speaking the ``@@ json`` line protocol.
+
+    Parameters
+    ----------
+    name : str
+        ``"jacntk"`` or ``"neural-tangents"`` (for messages).
+    cmd : list of str
+        The command; it is run under ``prlimit --as=mem_limit`` when ``mem_limit`` is given.
+    mem_limit : int or None
+        Address-space cap in bytes.
+    timeout : float
+        Seconds allowed for the start and for each request.
+    """
+
+    def __init__(self, name: str, cmd: list[str], mem_limit: int | None, timeout: float):
+        self.name = name
+        self.timeout = timeout
+        if mem_limit:
+            cmd = ["prlimit", f"--as={int(mem_limit)}", "--"] + cmd
+        env = dict(os.environ)
+        for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, "2")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.hello = self._reply()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                self._lines.put(line[3:])
+        self._lines.put(None)
+
+    def _stderr_tail(self, n: int = 600) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        lines = [s for s in text.splitlines() if not s.startswith(("W0000", "I0000", "WARNING"))]
+        return " | ".join(lines)[-n:]
+
+    def _reply(self) -> dict:
+        try:
+            line = self._lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self.close()
+            raise WorkerError(f"{self.name}: no reply within {self.timeout:.0f} s") from None
+        if line is None:
+            rc = self.proc.wait(timeout=30)
+            raise WorkerError(f"{self.name} worker exited (code {rc}): {self._stderr_tail()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise WorkerError(f"{self.name}: {reply['error']}")
+        return reply
+
+    def call(self, request: dict) -> dict:
+        """Send one request and wait for its reply (raises WorkerError)."""
+        if self.proc.poll() is not None:
+            raise WorkerError(f"{self.name} worker is not running")
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+
+def start_workers(args, dtype: str, peer: bool) -> dict:
+    """Fresh jacntk (and peer) workers for one row (fresh, so peak memory is per row)."""
+    cap = int(args.mem_limit_gib * 2**30) if args.mem_limit_gib else None
+    workers = {}
+    jac_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+    workers["jacntk"] = Worker("jacntk", jac_cmd, cap, args.timeout)
+    if peer:
+        peer_cmd = [str(args.peer_python), str(PEER_WORKER), "--dtype", dtype]
+        try:
+            workers["peer"] = Worker("neural-tangents", peer_cmd, cap, args.timeout)
+        except WorkerError:
+            workers["jacntk"].close()
+            raise
+    return workers
+
+
+def alternate(workers: dict, requests: dict, repeats: int) -> dict:
+    """Send ``requests[lib]`` to each worker in alternation, ``1 + repeats`` times; the first
+    call is the warm-up (saving outputs).  Returns per library the median of each timing, the
+    peak memory, or the error that stopped it."""
+    out = {lib: {"times": []} for lib in workers}
+    for rep in range(1 + repeats):
+        for lib, worker in workers.items():
+            if "error" in out[lib]:
+                continue
+            req = dict(requests[lib])
+            if rep > 0:
+                req["out"] = None
+            try:
+                reply = worker.call(req)
+            except WorkerError as exc:
+                out[lib]["error"] = str(exc)
+                worker.close()
+                continue
+            out[lib]["peak_rss_mib"] = reply["peak_rss_mib"]
+            out[lib]["import_rss_mib"] = worker.hello.get("rss_mib")
+            if rep > 0 or repeats == 0:
+                out[lib]["times"].append(reply["seconds"])
+    for res in out.values():
+        times = res.pop("times")
+        if times:
+            res["seconds"] = {k: statistics.median(t[k] for t in times) for k in times[0]}
+            res["repeats"] = len(times)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+def arch_dict(activation: str) -> dict:
+    from jacntk import MLP
+
+    return MLP(DEPTH, activation).to_dict()
+
+
+def _record(task: str, **key) -> dict:
+    return {"task": task, **key, "load": list(os.getloadavg()), "date": time.strftime("%H:%M")}
+
+
+def run_scalar(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
+    X = points(n, d).astype(dtype)
+    np.save(tmp / "x.npy", X)
+    np.save(tmp / "rows.npy", compare_rows(n, args.compare_rows))
+    base = {"op": "scalar", "x": str(tmp / "x.npy"), "arch": arch_dict(act)}
+    base["rows"] = str(tmp / "rows.npy")
+    rec = _record("scalar", act=act, d=d, N=n, dtype=dtype)
+    requests = {
+        "jacntk": {**base, "out": str(tmp / "jac")},
+        "peer": {**base, "out": str(tmp / "nt")},
+    }
+    workers = start_workers(args, dtype, not args.no_peer)
+    try:
+        rec.update(alternate(workers, requests, args.repeats))
+    finally:
+        for w in workers.values():
+            w.close()
+    rec["compared_rows"] = int(len(compare_rows(n, args.compare_rows)))
+    if "seconds" in rec.get("peer", {}) and "seconds" in rec["jacntk"]:
+        rows = compare_rows(n, args.compare_rows)
+        off = np.ones((len(rows), n), dtype=bool)
+        off[np.arange(len(rows)), rows] = False
+        rec["max_rel_diff"] = {}
+        for kind in ("nngp", "ntk"):
+            a, b = np.load(tmp / f"jac_{kind}.npy"), np.load(tmp / f"nt_{kind}.npy")
+            rec["max_rel_diff"][kind] = max_rel_diff(a, b)
+            rec["max_rel_diff"][kind + "_offdiag"] = max_rel_diff(a[off], b[off])
+    return rec
+
+
+def run_jacobian(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
+    X = points(n, d, seed=3)
+    np.save(tmp / "x.npy", X)
+    total = n * (n + 1) // 2
+    pairs = sample_pairs(n, args.jacobian_pairs)
+    np.save(tmp / "pairs.npy", pairs)
+    dense_gib = (n * (d + 1)) ** 2 * 8 / 2**30
+    base = {"x": str(tmp / "x.npy"), "pairs": str(tmp / "pairs.npy"), "arch": arch_dict(act)}
+    requests = {
+        "jacntk": {**base, "op": "jacobian", "dense": dense_gib <= args.dense_max_gib},
+        "peer": {**base, "op": "jacobian", "chunk": min(256, len(pairs))},
+    }
+    requests["jacntk"]["out"] = str(tmp / "jac_blocks.npy")
+    requests["peer"]["out"] = str(tmp / "nt_blocks.npy")
+    rec = _record("jacobian", act=act, d=d, N=n, dtype=dtype)
+    rec.update(pairs_total=total, pairs_peer=int(len(pairs)), dense_gib=dense_gib)
+    workers = start_workers(args, dtype, not args.no_peer)
+    try:
+        rec.update(alternate(workers, requests, args.repeats))
+    finally:
+        for w in workers.values():
+            w.close()
+    peer = rec.get("peer", {})
+    if "seconds" in peer:
+        peer["seconds"]["extrapolated"] = peer["seconds"]["pairs"] * total / len(pairs)
+        if "error" not in rec["jacntk"]:
+            jac = np.load(tmp / "jac_blocks.npy")
+            rec["max_rel_diff"] = {"blocks": max_rel_diff(jac, np.load(tmp / "nt_blocks.npy"))}
+    return rec
+
+
+def run_dynamics(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
+    n_test = args.n_test
+    X = points(n + n_test, d)
+    Xtr, Xte = X[:n], X[n:]
+    np.save(tmp / "x.npy", Xtr)
+    np.save(tmp / "xt.npy", Xte)
+    np.save(tmp / "y.npy", targets(Xtr))
+    base = {key: str(tmp / f"{key}.npy") for key in ("x", "y", "xt")}
+    base.update(op="dynamics", arch=arch_dict(act), times=TIMES, learning_rate=1.0)
+    requests = {"jacntk": {**base, "out": str(tmp / "jac_dyn.npy")}}
+    requests["peer"] = {**base, "out": str(tmp / "nt_dyn.npy")}
+    rec = _record("dynamics", act=act, d=d, N=n, dtype=dtype, n_test=n_test)
+    workers = start_workers(args, dtype, not args.no_peer)
+    try:
+        rec.update(alternate(workers, requests, args.dynamics_repeats))
+    finally:
+        for w in workers.values():
+            w.close()
+    if "seconds" in rec.get("peer", {}) and "seconds" in rec["jacntk"]:
+        a, b = np.load(tmp / "jac_dyn.npy"), np.load(tmp / "nt_dyn.npy")
+        rec["max_rel_diff"] = {"values": max_rel_diff(a, b)}
+    return rec
+
+
+TASKS = {"scalar": run_scalar, "jacobian": run_jacobian, "dynamics": run_dynamics}
+
+
+def row_key(rec: dict) -> str:
+    return "|".join(str(rec[k]) for k in ("task", "act", "d", "N", "dtype"))
+
+
+def planned_rows(grid: dict, args) -> list[tuple]:
+    """(task, N, d, act, dtype) for every row of the selected tasks."""
+    rows = []
+    for task in args.task:
+        g = grid[task]
+        sizes = args.sizes or g["sizes"]
+        dims = args.dims or g["dims"]
+        acts = args.acts or (["erf", "relu"] if task == "scalar" else ["erf"])
+        dtypes = args.dtypes or (["float64", "float32"] if task == "scalar" else ["float64"])
+        for d in dims:
+            for act in acts:
+                for dtype in dtypes:
+                    for n in sizes:
+                        rows.append((task, n, d, act, dtype))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _s(rec: dict, lib: str, key: str) -> str:
+    res = rec.get(lib)
+    if res is None:
+        return "not run"
+    if "seconds" not in res:
+        return "failed"
+    value = res["seconds"].get(key)
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _ratio(rec: dict, peer_key: str, jac_key: str) -> str:
+    try:
+        return f"{rec['peer']['seconds'][peer_key] / rec['jacntk']['seconds'][jac_key]:.1f}x"
+    except (KeyError, TypeError, ZeroDivisionError):
+        return "—"
+
+
+def _mem(rec: dict, lib: str) -> str:
+    res = rec.get(lib)
+    if res is None or "peak_rss_mib" not in res:
+        return "—"
+    return f"{res['peak_rss_mib']:.0f}"
+
+
+def _diff(rec: dict, key: str) -> str:
+    diffs = rec.get("max_rel_diff", {})
+    value, off = diffs.get(key), diffs.get(key + "_offdiag")
+    if value is None:
+        return "—"
+    if off is not None and off < value / 10:
+        return f"{value:.1e} (off-diag {off:.1e})"
+    return f"{value:.1e}"
+
+
+def _load(rec: dict) -> str:
+    return f"{rec['load'][0]:.1f}"
+
+
+def _errors(records: list[dict]) -> list[str]:
+    notes = []
+    for rec in records:
+        for lib in ("jacntk", "peer"):
+            err = rec.get(lib, {}).get("error")
+            if err:
+                notes.append(f"- `{row_key(rec)}` {lib}: {err[:400]}")
+    return notes
+
+
+def render(records: list[dict], versions: dict, args) -> str:
+    """The Markdown body of the ``peers`` section."""
+    from benchmarks.results import table
+
+    cap = f"{args.mem_limit_gib:g} GiB" if args.mem_limit_gib else "none"
+    lines = [
+        "Command: `bash benchmarks/peers/setup.sh && .venv/bin/python benchmarks/bench_peers.py`"
+        " (rows can be run separately; see the script's docstring).",
+        "",
+        f"Peer: {versions.get('peer', 'neural-tangents (not run)')}. Depth {DEPTH}, sigma_w = 1, "
+        "sigma_b = 0, kappa = 1. Each library runs in its own fresh worker process per row, "
+        f"alternating, 1 warm-up + median of the repeats; address-space cap per worker: {cap}; "
+        "threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = 2, XLA default (all cores). "
+        "Ratio = neural-tangents time / jacntk time. Peak MiB = the worker's peak RSS, including "
+        "its imports (jacntk ~{:.0f} MiB, neural-tangents ~{:.0f} MiB after import: it loads "
+        "TensorFlow). Max rel diff = max|a - b| / max|b| over the compared entries. `load` is "
+        "the 1-minute load average when the row finished (the machine is shared; 2 cores).".format(
+            versions.get("jacntk_rss", 0), versions.get("peer_rss", 0)
+        ),
+        "",
+    ]
+    by_task: dict[str, list[dict]] = {}
+    for rec in records:
+        by_task.setdefault(rec["task"], []).append(rec)
+    order = lambda r: (r["d"], r["act"], r["dtype"], r["N"])  # noqa: E731
+    if "scalar" in by_task:
+        rows = [
+            [
+                r["act"],
+                r["d"],
+                r["dtype"],
+                r["N"],
+                _s(r, "jacntk", "ntk"),
+                _s(r, "jacntk", "nngp+ntk"),
+                _s(r, "peer", "nngp+ntk"),
+                _ratio(r, "nngp+ntk", "ntk"),
+                _ratio(r, "nngp+ntk", "nngp+ntk"),
+                _mem(r, "jacntk"),
+                _mem(r, "peer"),
+                _diff(r, "nngp"),
+                _diff(r, "ntk"),
+                _load(r),
+            ]
+            for r in sorted(by_task["scalar"], key=order)
+        ]
+        lines += [
+            "### Scalar NNGP + NTK Grams (N x N)",
+            "",
+            "neural-tangents computes NNGP and NTK in one call (its NTK alone costs the same); "
+            "jacntk computes them one after the other, so `ratio NTK` compares NT's call with "
+            "jacntk's NTK and `ratio both` with jacntk's NNGP + NTK. Values compared on "
+            f"{args.compare_rows} evenly spaced rows (all columns) when N is larger. In float32, "
+            "jacntk computes in float64 and returns float32; JAX computes in float32.",
+            "",
+            table(
+                [
+                    "act",
+                    "d",
+                    "dtype",
+                    "N",
+                    "jacntk NTK s",
+                    "jacntk NNGP+NTK s",
+                    "NT NNGP+NTK s",
+                    "ratio NTK",
+                    "ratio both",
+                    "jacntk peak MiB",
+                    "NT peak MiB",
+                    "max rel diff NNGP",
+                    "max rel diff NTK",
+                    "load",
+                ],
+                rows,
+            ),
+        ]
+    if "jacobian" in by_task:
+        rows = []
+        for r in sorted(by_task["jacobian"], key=order):
+            rows.append(
+                [
+                    r["d"],
+                    r["N"],
+                    _s(r, "jacntk", "fields"),
+                    _s(r, "jacntk", "fields+dense")
+                    if r.get("dense_gib", 0) <= args.dense_max_gib
+                    else f"not formed ({r['dense_gib']:.0f} GiB)",
+                    f"{r['pairs_peer']} of {r['pairs_total']}",
+                    _s(r, "peer", "pairs"),
+                    _s(r, "peer", "extrapolated"),
+                    _ratio(r, "extrapolated", "fields"),
+                    _ratio(r, "extrapolated", "fields+dense"),
+                    _mem(r, "jacntk"),
+                    _mem(r, "peer"),
+                    _diff(r, "blocks"),
+                    _load(r),
+                ]
+            )
+        lines += [
+            "### Jacobian-augmented NTK (erf), N(d+1) x N(d+1)",
+            "",
+            "jacntk: the eight fields (the structured representation every product uses) and "
+            "the dense point-major matrix (`augment`) where it is formed. neural-tangents: the "
+            "(d+1) x (d+1) block of each pair by `jax.grad`/`jax.jacfwd` of `kernel_fn`, vmapped "
+            "and jitted over chunks of 256 pairs, timed on the sampled pairs and extrapolated "
+            "linearly to the N(N+1)/2 pairs of the symmetric Gram (`NT all pairs s`). Values "
+            "compared on the sampled blocks.",
+            "",
+            table(
+                [
+                    "d",
+                    "N",
+                    "jacntk fields s",
+                    "jacntk fields+dense s",
+                    "NT pairs timed",
+                    "NT timed s",
+                    "NT all pairs s (extrap.)",
+                    "ratio vs fields",
+                    "ratio vs dense",
+                    "jacntk peak MiB",
+                    "NT peak MiB",
+                    "max rel diff",
+                    "load",
+                ],
+                rows,
+            ),
+        ]
+    if "dynamics" in by_task:
+        rows = [
+            [
+                r["d"],
+                r["N"],
+                r["n_test"],
+                _s(r, "jacntk", "total"),
+                _s(r, "peer", "kernel"),
+                _s(r, "peer", "predict"),
+                _s(r, "peer", "total"),
+                _ratio(r, "total", "total"),
+                _mem(r, "jacntk"),
+                _mem(r, "peer"),
+                _diff(r, "values"),
+                _load(r),
+            ]
+            for r in sorted(by_task["dynamics"], key=order)
+        ]
+        lines += [
+            "### Training dynamics: test predictions at 10 times (NTK, lam = 0, erf)",
+            "",
+            "Times t = " + ", ".join(f"{t:g}" for t in TIMES) + ", learning rate 1. "
+            "Conventions coincide: neural-tangents' `gradient_descent_mse` evolves "
+            "exp(-eta t K / N) for one output (it divides by `y_train.size`), jacntk "
+            "exp(-c t Theta) with c = eta kappa^2 / N and kappa^2 Theta = K (math.md §0.4): "
+            "same eta, same t. Both include computing the kernels.",
+            "",
+            table(
+                [
+                    "d",
+                    "N",
+                    "n_test",
+                    "jacntk total s",
+                    "NT kernel s",
+                    "NT eigh+predict s",
+                    "NT total s",
+                    "ratio",
+                    "jacntk peak MiB",
+                    "NT peak MiB",
+                    "max rel diff",
+                    "load",
+                ],
+                rows,
+            ),
+        ]
+    if "expm" in by_task:
+        lines += ["### Matrix-exponential actions vs SciPy", ""]
+        lines += [r["text"] for r in by_task["expm"] if "text" in r]
+    notes = _errors(records)
+    if notes:
+        lines += ["### Failures (recorded, not hidden)", ""] + notes + [""]
+    if getattr(args, "not_run", None):
+        lines += ["### Not run", ""] + [f"- {s}" for s in args.not_run] + [""]
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Time and peak memory against N for both libraries (scalar rows, float64, erf; and the
+    Jacobian rows), one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [
+        ("scalar", "ntk", "nngp+ntk", "Scalar NTK (erf, float64)"),
+        ("jacobian", "fields", "extrapolated", "Jacobian NTK (erf, float64)"),
+    ]
+    for col, (task, jac_key, peer_key, title) in enumerate(panels):
+        recs = [r for r in records if r["task"] == task and r["dtype"] == "float64"]
+        recs = [r for r in recs if r["act"] == "erf"]
+        for d in sorted({r["d"] for r in recs}):
+            rs = sorted((r for r in recs if r["d"] == d), key=lambda r: r["N"])
+            for lib, key, style in (("jacntk", jac_key, "o-"), ("peer", peer_key, "s--")):
+                label = f"{'jacntk' if lib == 'jacntk' else 'neural-tangents'} d={d}"
+                res = [(r["N"], r.get(lib, {})) for r in rs]
+                pts = [(n, x["seconds"][key]) for n, x in res if key in x.get("seconds", {})]
+                mem = [(n, x["peak_rss_mib"]) for n, x in res if "peak_rss_mib" in x]
+                for ax, xy in ((axes[0, col], pts), (axes[1, col], mem)):
+                    if xy:
+                        ax.loglog([p[0] for p in xy], [p[1] for p in xy], style, label=label)
+        axes[0, col].set_title(title + ": time")
+        axes[1, col].set_title(title + ": peak RSS")
+        axes[0, col].set_ylabel("seconds")
+        axes[1, col].set_ylabel("MiB")
+        for ax in axes[:, col]:
+            ax.set_xlabel("N")
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.has_data():
+                ax.legend(fontsize=8)
+    fig.suptitle("jacntk vs neural-tangents (NT Jacobian time extrapolated from sampled pairs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="jacntk vs neural-tangents and SciPy on identical inputs (issue 7)."
+    )
+    parser.add_argument("--task", nargs="+", choices=list(TASKS) + ["expm"], default=None)
+    parser.add_argument("--sizes", nargs="+", type=int, help="override N for the chosen tasks")
+    parser.add_argument("--dims", nargs="+", type=int, help="override d for the chosen tasks")
+    parser.add_argument("--acts", nargs="+", choices=("erf", "relu"))
+    parser.add_argument("--dtypes", nargs="+", choices=("float64", "float32"))
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up")
+    parser.add_argument("--dynamics-repeats", type=int, default=1)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--compare-rows", type=int, default=500)
+    parser.add_argument("--jacobian-pairs", type=int, default=1024)
+    parser.add_argument("--dense-max-gib", type=float, default=2.0)
+    parser.add_argument("--mem-limit-gib", type=float, default=12.0, help="0: no cap")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--no-peer", action="store_true", help="jacntk rows only")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
+    parser.add_argument("--json", type=Path, help=f"results store (default {RESULTS_JSON})")
+    parser.add_argument("--no-write", action="store_true", help="leave RESULTS.md and PNG alone")
+    parser.add_argument("--render-only", action="store_true", help="re-render from the JSON")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve()
+    if args.repeats < 0 or args.dynamics_repeats < 0:
+        parser.error(f"--repeats must be >= 0, got {args.repeats}")
+    for n in args.sizes or []:
+        if n < 2:
+            parser.error(f"--sizes must be at least 2, got {n}")
+    if args.task is None:
+        args.task = list(TASKS) + ["expm"]
+    if args.quick:
+        args.repeats = min(args.repeats, 1)
+        args.no_write = args.no_write or args.json is None
+    if not args.no_peer and not args.peer_python.exists():
+        parser.error(
+            f"peer environment not found at {args.peer_python}: run "
+            "`bash benchmarks/peers/setup.sh`, or pass --no-peer for jacntk-only rows"
+        )
+    store = args.json or RESULTS_JSON
+    records = json.loads(store.read_text()) if store.exists() else {}
+    versions = records.pop("_versions", {})
+    args.not_run = records.pop("_not_run", [])
+    grid = QUICK if args.quick else FULL
+    if not args.render_only:
+        for task, n, d, act, dtype in planned_rows(grid, args):
+            if task == "expm":
+                rec = run_expm(args, n, d)
+            else:
+                with tempfile.TemporaryDirectory(prefix="jacntk-peers-") as tmp:
+                    try:
+                        rec = TASKS[task](args, Path(tmp), n, d, act, dtype)
+                    except WorkerError as exc:  # a worker failed to start
+                        rec = _record(task, act=act, d=d, N=n, dtype=dtype)
+                        rec["jacntk"] = {"error": str(exc)}
+            print(json.dumps(rec), flush=True)
+            records[row_key(rec)] = rec
+            for lib, key in (("jacntk", "jacntk_rss"), ("peer", "peer_rss")):
+                if rec.get(lib, {}).get("import_rss_mib"):
+                    versions[key] = rec[lib]["import_rss_mib"]
+            if "peer" in rec:
+                versions["peer"] = _peer_versions(args)
+            if args.json or not args.no_write:
+                store.write_text(
+                    json.dumps(
+                        {"_versions": versions, "_not_run": args.not_run, **records}, indent=1
+                    )
+                )
+    body = render(list(records.values()), versions, args)
+    if args.no_write:
+        print(body)
+        return 0
+    from benchmarks.results import write_section
+
+    write_section("peers", body)
+    plot(list(records.values()), PLOT)
+    return 0
+
+
+def _peer_versions(args) -> str:
+    out = subprocess.run(
+        [
+            str(args.peer_python),
+            "-c",
+            "import importlib.metadata as m; print(', '.join("
+            "f'{p} {m.version(p)}' for p in ('neural-tangents', 'jax', 'jaxlib')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return out.stdout.strip() or "neural-tangents (version unknown)"
+
+
+def run_expm(args, n: int, d: int) -> dict:
+    """Placeholder until jacntk's Lanczos lands; see ``expm_row``."""
+    return expm_row(args, n, d)
+
+
+def expm_row(args, n: int, d: int) -> dict:
+    rec = _record("expm", act="erf", d=d, N=n, dtype="float64")
+    rec["text"] = f"- N = {n}, d = {d}: not run (jacntk's Lanczos matrix functions not available)."
+    return rec
+
+
+if __name__ == "__main__":
+    sys.exit(main())
