@@ -29,16 +29,17 @@ from .store import (
     DEFAULT_TILE,
     GramStore,
     StoreLocation,
-    _jacntk_attrs,
-    _scan_manifest,
-    _writable_arrays,
     check_dtype,
     check_tile,
     compare_attributes,
     create_store,
     mark_complete,
+    read_store_attributes,
+    scan_manifest,
     store_attributes,
     upper_tiles,
+    utc_now,
+    writable_arrays,
     write_inputs,
     write_tile,
 )
@@ -74,7 +75,7 @@ class AssemblyReport:
 
 def _read_points(location: StoreLocation, store_uuid: str, rows: slice) -> np.ndarray:
     """Input tile ``X[rows]`` (float64) from the store."""
-    return np.ascontiguousarray(_writable_arrays(location, store_uuid)["X"][rows])
+    return np.ascontiguousarray(writable_arrays(location, store_uuid)["X"][rows])
 
 
 def _tile_task(
@@ -85,9 +86,11 @@ def _tile_task(
     j: int,
     xi: np.ndarray,
     xj: np.ndarray | None,
-) -> tuple[int, int, int, float]:
+) -> tuple[int, int, int, float] | OSError:
     """Compute tile ``(i, j)`` from its two input tiles and write it.  Returns
-    ``(i, j, bytes written, seconds computing)``."""
+    ``(i, j, bytes written, seconds computing)``, or the ``OSError`` of a failed write (returned,
+    not raised, so that a full disk is reported once by the client, not logged by every
+    worker)."""
     t0 = time.perf_counter()
     values = compute_tile(
         MLP.from_dict(meta["arch"]),
@@ -98,7 +101,10 @@ def _tile_task(
         plan=plan,
     )
     seconds = time.perf_counter() - t0
-    nbytes = write_tile(location, meta["uuid"], i, j, values, meta)
+    try:
+        nbytes = write_tile(location, meta["uuid"], i, j, values, meta)
+    except OSError as exc:
+        return OSError(exc.errno, exc.strerror or str(exc))
     return i, j, nbytes, seconds
 
 
@@ -121,6 +127,18 @@ def _io_error(exc: OSError, location: StoreLocation, what: str) -> Exception:
     return OSError(exc.errno, f"cannot {what} at {location.url}: {reason}")
 
 
+def _check_writable(location: StoreLocation) -> None:
+    """Fail fast, before starting any cluster, when the store cannot be written: the client
+    stamps the time of this run into the attributes (it is their only writer)."""
+    try:
+        group = location.open_group("r+")
+        meta = dict(group.attrs["jacntk"])
+        meta["last_run"] = utc_now()
+        group.attrs["jacntk"] = meta
+    except OSError as exc:
+        raise _io_error(exc, location, "write the store") from exc
+
+
 def _existing_meta(location: StoreLocation) -> dict | None:
     """Attributes of a jacntk store at ``location``; None if nothing (or an empty folder) is
     there.  Raises for something else (kept intact)."""
@@ -133,7 +151,7 @@ def _existing_meta(location: StoreLocation) -> dict | None:
             "it (choose another --out, or remove it yourself)"
         )
     try:
-        return _jacntk_attrs(location.open_group("r"), location.url)
+        return read_store_attributes(location.open_group("r"), location.url)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
         raise _NotUsable(str(exc)) from None
 
@@ -293,8 +311,9 @@ def assemble(
     total = len(upper_tiles(gram.n_tiles))
     nbytes, workers = 0, 0
     if todo:
+        _check_writable(location)
         nbytes, workers = _run_tiles(location, meta, plan, todo, client, cluster, progress)
-    done = _scan_manifest(gram.refresh()._array("manifest"), gram.n_tiles)
+    done = scan_manifest(gram.refresh()._array("manifest"), gram.n_tiles)
     complete = bool(done[np.triu_indices(gram.n_tiles)].all())
     if complete and (todo or not meta.get("complete")):
         try:
@@ -355,8 +374,10 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress) -> tuple[i
         nbytes = 0
         try:
             for future in as_completed(futures):
-                _, _, written, _ = future.result()
-                nbytes += written
+                result = future.result()
+                if isinstance(result, OSError):
+                    raise result
+                nbytes += result[2]
                 bar.advance()
         except OSError as exc:
             c.cancel(futures)

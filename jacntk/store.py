@@ -132,7 +132,7 @@ def _indices(sel, n: int, name: str) -> np.ndarray:
     return np.where(arr < 0, arr + n, arr)
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -204,7 +204,7 @@ class StoreLocation:
         )
 
 
-def _jacntk_attrs(group, url: str) -> dict:
+def read_store_attributes(group, url: str) -> dict:
     meta = group.attrs.get("jacntk")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(
@@ -224,7 +224,7 @@ def _jacntk_attrs(group, url: str) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _writable_arrays(location: StoreLocation, store_uuid: str) -> dict:
+def writable_arrays(location: StoreLocation, store_uuid: str) -> dict:
     """Zarr arrays of a store opened for writing, cached per worker process."""
     group = location.open_group("r+")
     return {name: group[name] for name, _ in group.arrays()}
@@ -272,14 +272,14 @@ class GramStore:
             ) from None
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{location.url} is not a readable Zarr store: {exc}") from None
-        meta = _jacntk_attrs(group, location.url)
+        meta = read_store_attributes(group, location.url)
         store = cls(location, meta, np.zeros((0, 0), bool), group)
         store.refresh()
         return store
 
     def refresh(self) -> GramStore:
         """Re-read the completion manifest (tiles written since opening)."""
-        self.done = _scan_manifest(self._array("manifest"), self.n_tiles)
+        self.done = scan_manifest(self._array("manifest"), self.n_tiles)
         return self
 
     def __getstate__(self):
@@ -614,7 +614,7 @@ class GramStore:
         return report
 
 
-def _scan_manifest(manifest, n_tiles: int) -> np.ndarray:
+def scan_manifest(manifest, n_tiles: int) -> np.ndarray:
     """``done[I, J]``: manifest record of tile (I, J) present (non-zero) and readable."""
     try:
         digests = manifest[...]
@@ -675,7 +675,7 @@ def store_attributes(
         "fingerprint": fingerprint(X),
         "fields": list(FIELD_NAMES) if jacobian else ["K"],
         "uuid": uuid.uuid4().hex,
-        "created": _now(),
+        "created": utc_now(),
         "inputs_written": False,
         "complete": False,
         "layout": layout,
@@ -749,7 +749,7 @@ def write_inputs(group, X: np.ndarray) -> None:
 def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values, meta) -> int:
     """Write tile ``(i, j)``, ``i <= j`` (float64 ``(ti, tj)`` or ``(8, ti, tj)``) into the
     chunks it owns, then its manifest record.  Returns the bytes written (uncompressed)."""
-    arrays = _writable_arrays(location, store_uuid)
+    arrays = writable_arrays(location, store_uuid)
     tile, n = meta["tile"], meta["n"]
     ri = slice(i * tile, min(n, (i + 1) * tile))
     rj = slice(j * tile, min(n, (j + 1) * tile))
@@ -776,7 +776,7 @@ def mark_complete(location: StoreLocation) -> None:
     group = location.open_group("r+")
     meta = dict(group.attrs["jacntk"])
     meta["complete"] = True
-    meta["completed"] = _now()
+    meta["completed"] = utc_now()
     group.attrs["jacntk"] = meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

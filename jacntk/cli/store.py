@@ -1,0 +1,235 @@
+"""``jacntk assemble``, ``info``, ``query``, ``verify``: Gram stores from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def register(sub) -> None:
+    from jacntk.arch import ACTIVATIONS, KINDS
+    from jacntk.cluster import add_cluster_arguments
+    from jacntk.store import DTYPES
+
+    p = sub.add_parser(
+        "assemble",
+        help="assemble a Gram matrix (or Jacobian kernel fields) into a Zarr store",
+        description="Compute the Gram matrix of DATA tile by tile on a Dask cluster and write "
+        "it into a Zarr v3 store. Re-running the same command resumes: only tiles missing from "
+        "the store's manifest are computed.",
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="points: .npy, .npz, a Zarr array, or fashion-mnist[:N] / fashion-mnist-test[:N]",
+    )
+    p.add_argument("--out", required=True, metavar="STORE", help="store path or fsspec URL")
+    p.add_argument("--kind", default="ntk", choices=KINDS)
+    p.add_argument("--jacobian", action="store_true", help="store the Jacobian kernel's fields")
+    p.add_argument("--activation", default="erf", choices=ACTIVATIONS)
+    p.add_argument("--depth", type=int, default=3, help="hidden layers (default 3)")
+    p.add_argument("--sigma-w", type=float, default=1.0)
+    p.add_argument("--sigma-b", type=float, default=0.0)
+    p.add_argument("--kappa", type=float, default=1.0)
+    p.add_argument("--tile", type=int, help="tile = chunk edge (default: the store's, or 1024)")
+    p.add_argument("--dtype", default="float64", choices=DTYPES, help="storage precision")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store made for other inputs or settings",
+    )
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None)
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _storage_argument(p)
+    add_cluster_arguments(p)
+    p.set_defaults(func=run_assemble)
+
+    p = sub.add_parser("info", help="describe a Gram store", description="Describe a store.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print the attributes as JSON")
+    _storage_argument(p)
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser(
+        "query",
+        help="read a block of a Gram store",
+        description="Read rows x cols of a stored Gram (no cluster needed). SPEC: 'i', "
+        "'i,j,k', 'a:b', 'a:b:step' or ':' (all).",
+    )
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--rows", required=True, metavar="SPEC")
+    p.add_argument("--cols", required=True, metavar="SPEC")
+    p.add_argument(
+        "--jacobian",
+        action="store_true",
+        help="the point-major Jacobian-augmented block (Jacobian stores)",
+    )
+    p.add_argument("--out", metavar="FILE.npy", help="save the block instead of printing it")
+    _storage_argument(p)
+    p.set_defaults(func=run_query)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a Gram store's checksums and recompute sampled tiles",
+        description="Check the input fingerprint and every recorded tile's sha256 checksums, "
+        "recompute SAMPLE tiles from the inputs, and report damage (exit status 1).",
+    )
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--sample", type=int, default=2, metavar="K", help="tiles to recompute")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tile sample")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _storage_argument(p)
+    p.set_defaults(func=run_verify)
+
+
+def _storage_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for a URL store, e.g. endpoint_url=http://127.0.0.1:9000 "
+        "(repeatable; VALUE parsed as JSON when it can be)",
+    )
+
+
+def storage_options(pairs: list[str]) -> dict | None:
+    """``["key=value", ...]`` -> dict (values parsed as JSON when possible)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option must be KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None
+
+
+def parse_index_spec(spec: str, option: str):
+    """``':'`` / ``'a:b[:c]'`` -> slice, ``'i'`` / ``'i,j,k'`` -> list of ints."""
+    text = spec.strip()
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            if len(parts) == 3 and parts[2] == 0:
+                raise ValueError
+            return slice(*parts)
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{option} {spec!r} is not an index spec: use 'i', 'i,j,k', 'a:b', 'a:b:step' or ':'"
+        ) from None
+
+
+def _as_cli_error(exc: OSError) -> Exception:
+    """Disk-full and other I/O errors as ValueError (reported as 'error: ...', exit 2)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError)):
+        return exc
+    return ValueError(exc.strerror or str(exc))
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from jacntk.arch import MLP
+    from jacntk.assembly import assemble
+    from jacntk.cluster import options_from_args
+    from jacntk.data import load_points
+
+    arch = MLP(args.depth, args.activation, args.sigma_w, args.sigma_b, args.kappa)
+    X = load_points(args.data)
+    try:
+        report = assemble(
+            arch,
+            X,
+            args.out,
+            kind=args.kind,
+            jacobian=args.jacobian,
+            tile=args.tile,
+            dtype=args.dtype,
+            cluster=options_from_args(args),
+            overwrite=args.overwrite,
+            progress=args.progress,
+            storage_options=storage_options(args.storage_option),
+        )
+    except OSError as exc:
+        raise _as_cli_error(exc) from exc
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    state = "complete" if report.complete else "INCOMPLETE"
+    print(
+        f"{report.url}: computed {report.computed} tiles, skipped {report.skipped} already "
+        f"done, {report.tiles_total} in all; {state}; {report.seconds:.2f} s, "
+        f"{report.bytes_written / 1e6:.1f} MB written by {report.workers} workers"
+    )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from jacntk.store import GramStore
+
+    info = GramStore.open(args.store, storage_options(args.storage_option)).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    arch = info["arch"]
+    what = "Jacobian kernel fields" if info["jacobian"] else "scalar Gram"
+    print(f"store:       {info['url']}")
+    print(f"contents:    {info['kind']} {what}, n={info['n']} points, d={info['d']}")
+    print(
+        f"network:     depth {arch['depth']} {arch['activation']} MLP, sigma_w={arch['sigma_w']}, "
+        f"sigma_b={arch['sigma_b']}, kappa={arch['kappa']}"
+    )
+    print(f"storage:     {info['dtype']}, tile {info['tile']} ({info['n_tiles']} per side)")
+    print(
+        f"progress:    {info['tiles_done']}/{info['tiles_total']} tiles"
+        f" ({'complete' if info['complete'] else 'incomplete'})"
+    )
+    print(f"inputs:      {info['fingerprint']}")
+    print(f"jacntk:      {info['jacntk_version']}, created {info['created']}")
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from jacntk.store import GramStore
+
+    rows = parse_index_spec(args.rows, "--rows")
+    cols = parse_index_spec(args.cols, "--cols")
+    gram = GramStore.open(args.store, storage_options(args.storage_option))
+    block = gram.block(rows, cols, jacobian=args.jacobian)
+    if args.out:
+        np.save(args.out, block)
+        print(f"wrote {block.shape} float64 block to {args.out}")
+    else:
+        np.savetxt(sys.stdout, np.atleast_2d(block), fmt="%.17g")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from jacntk.store import GramStore
+
+    gram = GramStore.open(args.store, storage_options(args.storage_option))
+    report = gram.verify(sample=args.sample, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{report['url']}: {report['tiles_done']}/{report['tiles_total']} tiles recorded, "
+            f"checksums checked for all of them, {len(report['recomputed'])} recomputed; inputs "
+            f"{'match' if report['fingerprint_ok'] else 'DO NOT match'} the fingerprint"
+        )
+        for item in report["damaged"]:
+            where = f"tile {tuple(item['tile'])}" if item["tile"] is not None else "store"
+            print(f"DAMAGED {where}: {item['problem']}")
+        if report["missing"]:
+            print(f"missing {len(report['missing'])} tiles (assembly not finished)")
+        print("OK" if report["ok"] else "DAMAGED")
+    return 0 if report["ok"] else 1
