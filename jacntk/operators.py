@@ -1,0 +1,500 @@
+"""Gram matrices as linear operators: one protocol, three storage strategies (math.md §4.5, §5.4).
+
+Every operator here is a :class:`scipy.sparse.linalg.LinearOperator` (``shape``, ``dtype``,
+``matvec``, ``matmat``, ``@``) for a *symmetric* matrix of ``n_points`` points with a block of
+``block`` rows per point (point-major, math.md §0.3):
+
+* ``block == 1``: the scalar NNGP/NTK Gram;
+* ``block == d + 1``: the Jacobian-augmented Gram (value and input gradient per point);
+* ``block == 1 + p``: projected augmentation with ``p`` directions per point.
+
+Implementations
+
+``DenseGram``
+    an in-memory matrix;
+``StoredGram``
+    a :class:`jacntk.store.GramStore` read tile by tile (out-of-core); with a Dask client the
+    product runs as one task per tile-row on the workers, each reading its own tiles, the vector
+    scattered once per product;
+``StructuredGram``
+    matrix-free: the kernel fields of each tile are recomputed on the fly with
+    :func:`jacntk.fields.compute_tile` (one quadrature ``Plan`` for all tiles) and multiplied with
+    :func:`jacntk.structured_matmul`, ``O(tile^2 + N d)`` memory;
+``ScaledGram``
+    the symmetric training matrix ``B = D^{1/2} Theta D^{1/2} + jitter I`` with
+    ``D = I_N (x) diag(1, lam, ..., lam)`` (math.md §4.4) around any of the above.
+
+``CrossGram`` is the rectangular test-by-train product ``Theta(X_test, X) V`` used by predictions.
+
+Besides the product, an operator can describe its diagonal blocks (``diagonal_blocks``), and the
+full-augmentation operators their diagonal *fields* (``diagonal_fields``), from which the
+block-Jacobi preconditioner of :mod:`jacntk.solvers` inverts each block in O(d) (math.md §5.3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator
+
+from .arch import MLP
+from .blocks import augment, projected_kernel, structured_matmul
+from .fields import FIELD_TRANSPOSE, compute_tile, make_plan
+from .validation import as_pair, as_points
+
+
+def _tiles(n: int, tile: int) -> list[slice]:
+    if tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile}")
+    return [slice(s, min(n, s + tile)) for s in range(0, n, tile)]
+
+
+def _as_columns(V: np.ndarray, rows: int) -> np.ndarray:
+    V = np.asarray(V, dtype=np.float64)
+    if V.ndim == 1:
+        V = V[:, None]
+    if V.ndim != 2 or V.shape[0] != rows:
+        raise ValueError(f"expected {rows} rows, got an array of shape {V.shape}")
+    return V
+
+
+def transpose_fields(F: np.ndarray) -> np.ndarray:
+    """Fields of the transposed tile: ``(8, n1, n2) -> (8, n2, n1)``, swapping ``K_q <-> K_r``
+    and ``K_pq <-> K_pr`` (math.md §5.2)."""
+    return F[list(FIELD_TRANSPOSE)].transpose(0, 2, 1)
+
+
+def tile_product(tile_data: np.ndarray, X1, X2, V, directions=None) -> np.ndarray:
+    """One tile of a Gram matrix times ``V``.
+
+    Parameters
+    ----------
+    tile_data : (n1, n2) scalar kernel, or (8, n1, n2) fields
+    X1 : (n1, d); X2 : (n2, d)
+    V : (n2 * b, k), with ``b = 1`` (scalar), ``d + 1`` (fields) or ``1 + p`` (fields with
+        ``directions``)
+    directions : tuple (U1, U2) of (n1, p, d), (n2, p, d), optional
+        Projected augmentation (:func:`jacntk.projected_kernel`).
+
+    Returns
+    -------
+    (n1 * b, k)
+    """
+    if tile_data.ndim == 2:
+        return tile_data @ V
+    if directions is not None:
+        return projected_kernel(tile_data, X1, X2, directions[0], directions[1]) @ V
+    return structured_matmul(tile_data, X1, X2, V)
+
+
+class GramOperator(LinearOperator):
+    """A symmetric Gram operator of ``n_points`` points with ``block`` rows per point.
+
+    Subclasses implement ``_matmat(V)`` for ``V`` of shape (n_points * block, k).
+    """
+
+    def __init__(self, n_points: int, block: int):
+        self.n_points = int(n_points)
+        self.block = int(block)
+        size = self.n_points * self.block
+        super().__init__(np.dtype(np.float64), (size, size))
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v, dtype=np.float64).reshape(-1, 1))[:, 0]
+
+    def _adjoint(self):
+        return self
+
+    def diagonal_blocks(self) -> np.ndarray:
+        """The per-point diagonal blocks, shape (n_points, block, block)."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide its diagonal blocks")
+
+    def diagonal_fields(self):
+        """``(fields (8, n), points (n, d))`` of the diagonal pairs, for full augmentation only;
+        None where not available."""
+        return None
+
+    def to_dense(self) -> np.ndarray:
+        """The dense matrix (by products with the identity in column chunks; small sizes only)."""
+        n = self.shape[0]
+        out = np.empty((n, n))
+        for s in range(0, n, 512):
+            E = np.zeros((n, min(512, n - s)))
+            E[np.arange(s, s + E.shape[1]), np.arange(E.shape[1])] = 1.0
+            out[:, s : s + E.shape[1]] = self.matmat(E)
+        return out
+
+
+class DenseGram(GramOperator):
+    """An in-memory symmetric matrix ``G`` of shape (n*block, n*block), point-major."""
+
+    def __init__(self, G, block: int = 1):
+        G = np.asarray(G, dtype=np.float64)
+        if G.ndim != 2 or G.shape[0] != G.shape[1]:
+            raise ValueError(f"a Gram matrix must be square, got shape {G.shape}")
+        if block < 1 or G.shape[0] % block:
+            raise ValueError(f"matrix size {G.shape[0]} is not a multiple of block={block}")
+        if not np.isfinite(G).all():
+            raise ValueError("the Gram matrix contains NaN or inf")
+        super().__init__(G.shape[0] // block, block)
+        self.matrix = G
+
+    def _matmat(self, V):
+        return self.matrix @ V
+
+    def diagonal_blocks(self) -> np.ndarray:
+        n, b = self.n_points, self.block
+        idx = np.arange(n)
+        return self.matrix.reshape(n, b, n, b)[idx, :, idx, :]
+
+    def to_dense(self) -> np.ndarray:
+        return self.matrix
+
+
+class StructuredGram(GramOperator):
+    """Matrix-free Gram of ``arch`` on the points ``X``: fields recomputed per tile per product.
+
+    Parameters
+    ----------
+    arch : MLP
+    X : (N, d) points
+    kind : {"ntk", "nngp", "ntk_truncated"}
+    jacobian : bool
+        Full augmentation (block d+1) if True, the scalar Gram (block 1) if False.
+    directions : (N, p, d) or (p, d), optional
+        Projected augmentation (block 1+p); implies ``jacobian``.
+    tile : int
+        Points per tile; memory is O(tile^2) fields per tile.
+    cache : bool
+        Keep every computed tile in memory (``8 N^2 / 2`` floats): faster repeated products when
+        that fits; the default recomputes (the matrix-free mode).
+
+    Notes
+    -----
+    Only tiles ``I <= J`` are computed; tile ``(J, I)`` is applied as the transpose of ``(I, J)``
+    (for fields: ``transpose_fields``).  A product costs one field evaluation per pair,
+    ``O(N^2 (depth + d))`` time per right-hand side.
+    """
+
+    def __init__(
+        self,
+        arch: MLP,
+        X,
+        *,
+        kind: str = "ntk",
+        jacobian: bool = True,
+        directions=None,
+        tile: int = 1024,
+        cache: bool = False,
+    ):
+        X = as_points(X, "X")
+        n, d = X.shape
+        self.arch, self.kind, self.points = arch, kind, X
+        self.directions = None
+        if directions is not None:
+            U = np.asarray(directions, dtype=np.float64)
+            if U.ndim == 2:
+                U = np.broadcast_to(U, (n,) + U.shape)
+            if U.ndim != 3 or U.shape[0] != n or U.shape[2] != d or not np.isfinite(U).all():
+                raise ValueError(
+                    f"directions must be finite with shape (p, {d}) or ({n}, p, {d}), "
+                    f"got {np.shape(directions)}"
+                )
+            self.directions = U
+            jacobian = True
+        self.jacobian = bool(jacobian)
+        block = 1 if not self.jacobian else (d + 1 if self.directions is None else 1 + U.shape[1])
+        super().__init__(n, block)
+        self.plan = make_plan(
+            arch, kind, self.jacobian, float(np.einsum("ij,ij->i", X, X).max()), d
+        )
+        self.tiles = _tiles(n, tile)
+        self.cache = {} if cache else None
+
+    def tile_data(self, i: int, j: int) -> np.ndarray:
+        """Scalar kernel (ti, tj) or fields (8, ti, tj) of tiles ``i <= j``."""
+        if self.cache is not None and (i, j) in self.cache:
+            return self.cache[i, j]
+        A = self.points[self.tiles[i]]
+        B = None if i == j else self.points[self.tiles[j]]
+        data = compute_tile(self.arch, A, B, kind=self.kind, jacobian=self.jacobian, plan=self.plan)
+        if self.cache is not None:
+            self.cache[i, j] = data
+        return data
+
+    def _dirs(self, i: int, j: int):
+        if self.directions is None:
+            return None
+        return self.directions[self.tiles[i]], self.directions[self.tiles[j]]
+
+    def _matmat(self, V):
+        b = self.block
+        V = _as_columns(V, self.shape[0])
+        out = np.zeros_like(V)
+        rows = [slice(s.start * b, s.stop * b) for s in self.tiles]
+        for i, si in enumerate(self.tiles):
+            Xi = self.points[si]
+            for j in range(i, len(self.tiles)):
+                sj = self.tiles[j]
+                Xj = self.points[sj]
+                data = self.tile_data(i, j)
+                out[rows[i]] += tile_product(data, Xi, Xj, V[rows[j]], self._dirs(i, j))
+                if j > i:
+                    dataT = data.T if data.ndim == 2 else transpose_fields(data)
+                    out[rows[j]] += tile_product(dataT, Xj, Xi, V[rows[i]], self._dirs(j, i))
+        return out
+
+    def diagonal_fields(self):
+        if not self.jacobian or self.directions is not None:
+            return None
+        F = np.empty((8, self.n_points))
+        for i in range(self.n_points):
+            F[:, i] = compute_tile(
+                self.arch, self.points[i : i + 1], kind=self.kind, jacobian=True, plan=self.plan
+            )[:, 0, 0]
+        return F, self.points
+
+    def diagonal_blocks(self) -> np.ndarray:
+        n, b = self.n_points, self.block
+        out = np.empty((n, b, b))
+        for i in range(n):
+            x = self.points[i : i + 1]
+            data = compute_tile(
+                self.arch, x, kind=self.kind, jacobian=self.jacobian, plan=self.plan
+            )
+            if data.ndim == 2:
+                out[i] = data
+            elif self.directions is not None:
+                U = self.directions[i : i + 1]
+                out[i] = projected_kernel(data, x, x, U, U)
+            else:
+                out[i] = augment(data, x)
+        return out
+
+
+def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
+    """Tile-row ``i`` of a stored Gram times ``V``: ``sum_J tile(i, J) V_J`` (reads row i only)."""
+    X = np.asarray(store.points) if store.jacobian and not values_only else None
+    b = store.d + 1 if store.jacobian and not values_only else 1
+    si = store.tile_slice(i)
+    out = None
+    for j in range(store.n_tiles):
+        sj = store.tile_slice(j)
+        data = np.asarray(store.tile_block(i, j), dtype=np.float64)
+        if values_only and data.ndim == 3:
+            data = data[0]
+        part = tile_product(
+            data,
+            None if X is None else X[si],
+            None if X is None else X[sj],
+            V[sj.start * b : sj.stop * b],
+        )
+        out = part if out is None else out + part
+    return out
+
+
+_WORKER_STORES: dict = {}
+
+
+def _remote_row_product(path: str, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
+    """Task run on a Dask worker: open the store once per worker process and compute a row."""
+    from .store import GramStore
+
+    store = _WORKER_STORES.get(path)
+    if store is None:
+        store = _WORKER_STORES[path] = GramStore.open(path)
+    return _stored_row_product(store, i, V, values_only)
+
+
+class StoredGram(GramOperator):
+    """A Gram matrix held in a :class:`jacntk.store.GramStore`, read tile by tile.
+
+    Parameters
+    ----------
+    store : GramStore
+        Must be complete (every tile written).
+    client : distributed.Client, optional
+        Run each product as one task per tile-row on the workers; each task opens the store by
+        its path and reads its own tiles; the vector is scattered (broadcast) once per product.
+        Without a client the tiles are read here, one tile-row at a time (out-of-core).
+    values_only : bool
+        For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
+
+    Notes
+    -----
+    A scalar store gives block 1, a Jacobian store block d+1 (point-major), the product of each
+    field tile through :func:`jacntk.structured_matmul`.
+    """
+
+    def __init__(self, store, *, client=None, values_only: bool = False):
+        if not store.complete:
+            raise ValueError(
+                f"the Gram store {getattr(store, 'path', store)!r} is incomplete: not every tile "
+                "has been written; finish it first (jacntk store resume / jacntk.assemble)"
+            )
+        self.store = store
+        self.client = client
+        self.values_only = bool(values_only) or not store.jacobian
+        self.points = np.asarray(store.points) if store.jacobian else None
+        self.arch, self.kind = store.arch, store.kind
+        block = 1 if self.values_only else store.d + 1
+        super().__init__(store.n, block)
+
+    def _matmat(self, V):
+        V = _as_columns(V, self.shape[0])
+        if self.client is None:
+            parts = [
+                _stored_row_product(self.store, i, V, self.values_only)
+                for i in range(self.store.n_tiles)
+            ]
+        else:
+            path = str(self.store.path)
+            [fut] = self.client.scatter([V], broadcast=True, hash=False)
+            futures = [
+                self.client.submit(
+                    _remote_row_product, path, i, fut, self.values_only, pure=False, key=None
+                )
+                for i in range(self.store.n_tiles)
+            ]
+            parts = self.client.gather(futures)
+            del fut
+        return np.concatenate(parts, axis=0)
+
+    def diagonal_fields(self):
+        if self.values_only:
+            return None
+        F = np.empty((8, self.n_points))
+        for i in range(self.store.n_tiles):
+            si = self.store.tile_slice(i)
+            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
+            idx = np.arange(si.stop - si.start)
+            F[:, si] = data[:, idx, idx]
+        return F, self.points
+
+    def diagonal_blocks(self) -> np.ndarray:
+        out = np.empty((self.n_points, self.block, self.block))
+        for i in range(self.store.n_tiles):
+            si = self.store.tile_slice(i)
+            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
+            idx = np.arange(si.stop - si.start)
+            if data.ndim == 3 and self.values_only:
+                data = data[0]
+            if data.ndim == 2:
+                out[si, 0, 0] = data[idx, idx]
+            else:
+                for k in idx:
+                    x = self.points[si.start + k : si.start + k + 1]
+                    out[si.start + k] = augment(data[:, k : k + 1, k : k + 1], x)
+        return out
+
+
+def scaling_vector(n_points: int, block: int, lam: float) -> np.ndarray:
+    """Diagonal of ``D^{1/2}`` for ``n_points`` blocks: ``(1, sqrt(lam), ..., sqrt(lam))``."""
+    s = np.full(block, np.sqrt(lam))
+    s[0] = 1.0
+    return np.tile(s, n_points)
+
+
+class ScaledGram(GramOperator):
+    """``B = D^{1/2} A D^{1/2} + jitter I`` with ``D = I_N (x) diag(1, lam, ..., lam)``.
+
+    This is the symmetric form of the Jacobian-regularised training ODE (math.md §4.4):
+    ``Theta D`` is similar to ``B``.  For ``block == 1`` (scalar Gram) ``D = I``.
+
+    Parameters
+    ----------
+    base : GramOperator
+    lam : float
+        Jacobian regularisation ``lam >= 0``.
+    jitter : float
+        Explicit ridge ``epsilon >= 0`` (reported by every solve, math.md §4.5).
+    """
+
+    def __init__(self, base: GramOperator, lam: float = 1.0, jitter: float = 0.0):
+        for name, value in (("lam", lam), ("jitter", jitter)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        super().__init__(base.n_points, base.block)
+        self.base, self.lam, self.jitter = base, float(lam), float(jitter)
+        self.scale = scaling_vector(base.n_points, base.block, self.lam)
+
+    def _matmat(self, V):
+        V = _as_columns(V, self.shape[0])
+        out = self.scale[:, None] * self.base.matmat(self.scale[:, None] * V)
+        if self.jitter:
+            out += self.jitter * V
+        return out
+
+    def diagonal_blocks(self) -> np.ndarray:
+        s = self.scale[: self.block]
+        out = self.base.diagonal_blocks() * s[None, :, None] * s[None, None, :]
+        out[:, np.arange(self.block), np.arange(self.block)] += self.jitter
+        return out
+
+    def diagonal_fields(self):
+        return self.base.diagonal_fields()
+
+
+class CrossGram(LinearOperator):
+    """Rectangular ``Theta(X_test, X_train)`` as an operator, tiled and matrix-free.
+
+    Rows: ``n_test * (d+1)`` (value and gradient per test point) if ``gradients`` else
+    ``n_test``.  Columns: ``n_train * b`` with ``b = 1`` (values only) or ``d + 1``
+    (``jacobian_columns``).  A values-only product with values-only columns uses the scalar
+    kernel; anything else the eight fields and :func:`jacntk.structured_matmul` (value columns
+    are padded with zero gradient parts).
+    """
+
+    def __init__(
+        self,
+        arch: MLP,
+        X_test,
+        X_train,
+        *,
+        kind: str = "ntk",
+        gradients: bool = True,
+        jacobian_columns: bool = False,
+        tile: int = 1024,
+    ):
+        A, B, _ = as_pair(X_test, X_train, ("X_test", "X_train"))
+        self.arch, self.kind, self.X_test, self.X_train = arch, kind, A, B
+        self.d = A.shape[1]
+        self.gradients, self.jacobian_columns = bool(gradients), bool(jacobian_columns)
+        self.fields = self.gradients or self.jacobian_columns
+        q = max(np.einsum("ij,ij->i", A, A).max(), np.einsum("ij,ij->i", B, B).max())
+        self.plan = make_plan(arch, kind, self.fields, float(q), self.d)
+        self.rows_per = self.d + 1 if self.gradients else 1
+        self.cols_per = self.d + 1 if self.jacobian_columns else 1
+        self.test_tiles, self.train_tiles = _tiles(A.shape[0], tile), _tiles(B.shape[0], tile)
+        super().__init__(
+            np.dtype(np.float64),
+            (A.shape[0] * self.rows_per, B.shape[0] * self.cols_per),
+        )
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v, dtype=np.float64).reshape(-1, 1))[:, 0]
+
+    def _matmat(self, V):
+        V = _as_columns(V, self.shape[1])
+        d1 = self.d + 1
+        out = np.zeros((self.shape[0], V.shape[1]))
+        for si in self.test_tiles:
+            A = self.X_test[si]
+            acc = np.zeros(((si.stop - si.start) * (d1 if self.fields else 1), V.shape[1]))
+            for sj in self.train_tiles:
+                B = self.X_train[sj]
+                Vj = V[sj.start * self.cols_per : sj.stop * self.cols_per]
+                data = compute_tile(
+                    self.arch, A, B, kind=self.kind, jacobian=self.fields, plan=self.plan
+                )
+                if not self.fields:
+                    acc += data @ Vj
+                    continue
+                if not self.jacobian_columns:
+                    padded = np.zeros((B.shape[0], d1, V.shape[1]))
+                    padded[:, 0] = Vj
+                    Vj = padded.reshape(B.shape[0] * d1, -1)
+                acc += structured_matmul(data, A, B, Vj)
+            if not self.gradients and self.fields:
+                acc = acc.reshape(-1, d1, V.shape[1])[:, 0]
+            out[si.start * self.rows_per : si.stop * self.rows_per] = acc
+        return out
