@@ -1,0 +1,148 @@
+"""Smoke tests of the peer benchmark harness (benchmarks/bench_peers.py).
+
+The jacntk-only paths run everywhere; the neural-tangents comparison runs only where the separate
+peer environment exists (``bash benchmarks/peers/setup.sh``) and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jacntk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_peers.py"
+PEER_PYTHON = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_harness()
+
+
+def run_harness(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_max_rel_diff_is_normalised_by_the_reference():
+    b = np.array([[2.0, -4.0], [1.0, 0.5]])
+    a = b.copy()
+    a[1, 1] += 0.04
+    assert bench.max_rel_diff(a, b) == pytest.approx(0.01)
+    assert bench.max_rel_diff(b, b) == 0.0
+    with pytest.raises(ValueError, match=r"shapes \(2, 2\) and \(4,\)"):
+        bench.max_rel_diff(a, b.ravel())
+
+
+def test_sample_pairs_are_distinct_upper_triangle_and_include_diagonal():
+    pairs = bench.sample_pairs(500, 300)
+    assert pairs.shape == (300, 2)
+    assert (pairs[:, 0] <= pairs[:, 1]).all() and pairs.max() < 500
+    assert len({tuple(p) for p in pairs}) == 300
+    assert (pairs[:, 0] == pairs[:, 1]).any()
+    everything = bench.sample_pairs(10, 300)  # fewer pairs than asked: all of them
+    assert len(everything) == 55
+
+
+def test_compare_rows_are_evenly_spaced_and_cover_the_ends():
+    rows = bench.compare_rows(10_000, 500)
+    assert len(rows) == 500 and rows[0] == 0 and rows[-1] == 9_999
+    assert (np.diff(rows) > 0).all()
+    assert (bench.compare_rows(7, 500) == np.arange(7)).all()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_jacntk_jacobian_request_saves_the_dense_blocks_of_the_pairs(tmp_path, rng, dense):
+    X = rng.standard_normal((6, 3))
+    pairs = np.array([[0, 0], [1, 4], [2, 5]])
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "pairs.npy", pairs)
+    request = {"x": str(tmp_path / "x.npy"), "pairs": str(tmp_path / "pairs.npy")}
+    request.update(arch=bench.arch_dict("erf"), dense=dense, out=str(tmp_path / "blocks.npy"))
+    reply = bench.serve_jacobian(request, {})
+    assert reply["seconds"]["fields"] > 0 and ("fields+dense" in reply["seconds"]) == dense
+    blocks = np.load(tmp_path / "blocks.npy")
+    G = jacntk.kernel(jacntk.MLP(3, "erf"), X, jacobian=True).reshape(6, 4, 6, 4)
+    for (i, j), block in zip(pairs, blocks, strict=True):
+        np.testing.assert_allclose(block, G[i, :, j, :], rtol=1e-12, atol=1e-14)
+
+
+def test_quick_jacntk_only_row_records_times_memory_and_table(tmp_path):
+    store = tmp_path / "peers.json"
+    proc = run_harness(
+        "--quick", "--no-peer", "--task", "scalar", "--acts", "erf", "--dtypes", "float64",
+        "--sizes", "30", "--repeats", "1", "--json", str(store), "--no-write",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(store.read_text())["scalar|erf|10|30|float64"]
+    assert "peer" not in rec and rec["jacntk"]["repeats"] == 1
+    seconds = rec["jacntk"]["seconds"]
+    assert seconds["nngp+ntk"] == pytest.approx(seconds["nngp"] + seconds["ntk"])
+    assert rec["jacntk"]["peak_rss_mib"] > 50
+    assert "### Scalar NNGP + NTK Grams" in proc.stdout
+    assert "| erf | 10 | float64 | 30 |" in proc.stdout
+
+
+def test_worker_out_of_memory_is_recorded_not_fatal(tmp_path, capsys):
+    store = tmp_path / "peers.json"
+    code = bench.main(
+        ["--quick", "--no-peer", "--task", "scalar", "--acts", "relu", "--dtypes", "float64",
+         "--sizes", "20", "--mem-limit-gib", "0.05", "--json", str(store), "--no-write"]
+    )  # fmt: skip
+    assert code == 0
+    rec = json.loads(store.read_text())["scalar|relu|10|20|float64"]
+    assert "worker exited" in rec["jacntk"]["error"]
+    assert "### Failures" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "1"], "--sizes must be at least 2, got 1"),
+        (["--repeats", "-1"], "--repeats must be >= 0, got -1"),
+        (["--peer-python", "/nonexistent/python"], "run `bash benchmarks/peers/setup.sh`"),
+        (["--task", "bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_arguments_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--quick", "--no-write", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not PEER_PYTHON.exists(),
+    reason="peer environment absent: run `bash benchmarks/peers/setup.sh` to compare with "
+    "neural-tangents",
+)
+def test_neural_tangents_agrees_to_1e10_on_a_tiny_scalar_row(tmp_path):
+    store = tmp_path / "peers.json"
+    proc = run_harness(
+        "--quick", "--task", "scalar", "--acts", "erf", "--dtypes", "float64", "--sizes", "40",
+        "--repeats", "0", "--json", str(store), "--no-write",
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(store.read_text())["scalar|erf|10|40|float64"]
+    assert "error" not in rec["peer"], rec["peer"]
+    assert rec["max_rel_diff"]["nngp"] <= 1e-10
+    assert rec["max_rel_diff"]["ntk"] <= 1e-10
