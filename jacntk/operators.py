@@ -292,19 +292,6 @@ def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.n
     return out
 
 
-_WORKER_STORES: dict = {}
-
-
-def _remote_row_product(path: str, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
-    """Task run on a Dask worker: open the store once per worker process and compute a row."""
-    from .store import GramStore
-
-    store = _WORKER_STORES.get(path)
-    if store is None:
-        store = _WORKER_STORES[path] = GramStore.open(path)
-    return _stored_row_product(store, i, V, values_only)
-
-
 class StoredGram(GramOperator):
     """A Gram matrix held in a :class:`jacntk.store.GramStore`, read tile by tile.
 
@@ -313,9 +300,10 @@ class StoredGram(GramOperator):
     store : GramStore
         Must be complete (every tile written).
     client : distributed.Client, optional
-        Run each product as one task per tile-row on the workers; each task opens the store by
-        its path and reads its own tiles; the vector is scattered (broadcast) once per product.
-        Without a client the tiles are read here, one tile-row at a time (out-of-core).
+        Run each product as one task per tile-row on the workers, each reading its own tiles
+        from the store (a handle scattered once); the vector is scattered (broadcast) once per
+        product.
+        Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
     values_only : bool
         For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
 
@@ -327,12 +315,18 @@ class StoredGram(GramOperator):
 
     def __init__(self, store, *, client=None, values_only: bool = False):
         if not store.complete:
+            missing = store.missing_tiles()
             raise ValueError(
-                f"the Gram store {getattr(store, 'path', store)!r} is incomplete: not every tile "
-                "has been written; finish it first (jacntk store resume / jacntk.assemble)"
+                f"the Gram store {store.location.url} is incomplete: {len(missing)} tiles are "
+                f"missing (first {missing[:3]}); finish the assembly (jacntk.assemble) first"
             )
         self.store = store
         self.client = client
+        self._remote_store = None
+        if client is not None:
+            # a fresh handle (no cached points) is scattered once; each worker loads X lazily
+            fresh = type(store).open(store.location)
+            [self._remote_store] = client.scatter([fresh], broadcast=True, hash=False)
         self.values_only = bool(values_only) or not store.jacobian
         self.points = np.asarray(store.points) if store.jacobian else None
         self.arch, self.kind = store.arch, store.kind
@@ -341,17 +335,18 @@ class StoredGram(GramOperator):
 
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
+        if self.client is None and not (self.values_only and self.store.jacobian):
+            return self.store.matvec(V)  # each upper tile read once, used twice
         if self.client is None:
             parts = [
                 _stored_row_product(self.store, i, V, self.values_only)
                 for i in range(self.store.n_tiles)
             ]
         else:
-            path = str(self.store.path)
             [fut] = self.client.scatter([V], broadcast=True, hash=False)
             futures = [
                 self.client.submit(
-                    _remote_row_product, path, i, fut, self.values_only, pure=False, key=None
+                    _stored_row_product, self._remote_store, i, fut, self.values_only, pure=False
                 )
                 for i in range(self.store.n_tiles)
             ]
