@@ -45,8 +45,7 @@ from .moments import (
     NTK_JETS,
     SCALAR,
     gaussian_moments,
-    hermite_rule,
-    quadrature_nodes,
+    quadrature_step,
 )
 from .validation import as_pair
 
@@ -66,33 +65,32 @@ class Plan:
     omega: float
     sb2: float
     kappa2: float
-    z: np.ndarray
-    w: np.ndarray
+    h: float  # trapezoid step of quadrature activations (0 for closed forms)
 
 
-def make_plan(arch: MLP, kind: str, jacobian: bool, max_sq_norm: float, d: int) -> Plan:
-    """Validate ``kind`` for ``arch`` and choose quadrature nodes for the variances met.
+def make_plan(arch: MLP, kind: str, jacobian: bool, *_unused) -> Plan:
+    """Validate ``kind`` for ``arch`` and collect the compiled kernels' arguments.
 
-    ``max_sq_norm`` is the largest ``|x|^2`` among the inputs; the largest pre-activation
-    variance over all layers bounds the node count (math.md §5.7).
+    The quadrature of smooth activations adapts its node count to each pair's variances
+    (:func:`jacntk.moments.gaussian_moments`), so a plan depends on the architecture and kind
+    only and is shared by all tiles of a Gram matrix.  (Extra positional arguments are accepted
+    and ignored for callers written against the earlier node-count interface.)
     """
     check_kind(arch, kind, jacobian)
     act = ACT_CODES[arch.activation]
-    if act in (0, 1):
-        z = w = np.zeros(1)
-    else:
-        z0, w0 = hermite_rule(64)
-        v, _ = _diag_chain(
-            act, arch.depth, arch.sigma_w**2, arch.sigma_b**2, d, np.array([max_sq_norm]), z0, w0
-        )
-        z, w = hermite_rule(quadrature_nodes(float(v.max())))
     return Plan(
-        act, KIND_CODES[kind], arch.depth, arch.sigma_w**2, arch.sigma_b**2, arch.kappa**2, z, w
+        act,
+        KIND_CODES[kind],
+        arch.depth,
+        arch.sigma_w**2,
+        arch.sigma_b**2,
+        arch.kappa**2,
+        quadrature_step(act),
     )
 
 
 @njit(cache=True, parallel=True)
-def _diag_chain(act, depth, omega, sb2, d, q, z, w):
+def _diag_chain(act, depth, omega, sb2, d, q, h):
     """Per-point variances ``v[i, l] = v_{l+1}(q_i)`` and derivatives ``vp`` (math.md §5.6)."""
     n = q.shape[0]
     v = np.empty((n, depth))
@@ -104,19 +102,19 @@ def _diag_chain(act, depth, omega, sb2, d, q, z, w):
         for layer in range(depth):
             v[i, layer] = a
             vp[i, layer] = ap
-            gaussian_moments(act, a, a, a, JETS, z, w, F)
+            gaussian_moments(act, a, a, a, JETS, h, F)
             ap = omega * (F[1] + F[2]) * ap
             a = omega * F[0] + sb2
     return v, vp
 
 
 @njit(cache=True)
-def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, z, w, F):
+def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, h, F):
     """NNGP (kind 0) or NTK value of one pair: moments F00, F11 only."""
     s = omega * p / d + sb2
     t = s
     for layer in range(depth):
-        gaussian_moments(act, s, vi[layer], vj[layer], SCALAR, z, w, F)
+        gaussian_moments(act, s, vi[layer], vj[layer], SCALAR, h, F)
         s_new = omega * F[0] + sb2
         t = s_new + omega * F[1] * t
         s = s_new
@@ -124,7 +122,7 @@ def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, z, w, F):
 
 
 @njit(cache=True)
-def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, z, w, F, S, T, nS, D):
+def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T, nS, D):
     """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T."""
     for k in range(8):
         S[k] = 0.0
@@ -138,7 +136,7 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, z, w, F, S,
         b = vj[layer]
         aq = vpi[layer]
         br = vpj[layer]
-        collinear = gaussian_moments(act, S[0], a, b, order, z, w, F)
+        collinear = gaussian_moments(act, S[0], a, b, order, h, F)
         if collinear:
             # ReLU at theta = 0: (g, grad g) at x and x' are perfectly correlated with the same
             # sign, so E[1{g>0} 1{g'>0} G G'^T] = E[G G'^T] / 2 and every jet scales by omega/2.
@@ -198,7 +196,7 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, z, w, F, S,
 
 
 @njit(cache=True, parallel=True)
-def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, z, w, symmetric):
+def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h, symmetric):
     """The eight fields for all pairs of a tile.
 
     Parameters
@@ -244,8 +242,7 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, z,
                     vp1[i],
                     v2[j],
                     vp2[j],
-                    z,
-                    w,
+                    h,
                     F,
                     S,
                     T,
@@ -261,7 +258,7 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, z,
 
 
 @njit(cache=True, parallel=True)
-def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, z, w, symmetric):
+def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric):
     """NNGP (kind 0) or NTK (kinds 1, 2) values for all pairs of a tile: shape (n1, n2)."""
     n1, n2 = P.shape
     out = np.empty((n1, n2))
@@ -277,7 +274,7 @@ def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, z, w, symmet
             j0 = i if symmetric else 0
             for j in range(j0, n2):
                 out[i, j] = kappa2 * _pair_scalar(
-                    act, kind, depth, omega, sb2, P[i, j], d, v1[i], v2[j], z, w, F
+                    act, kind, depth, omega, sb2, P[i, j], d, v1[i], v2[j], h, F
                 )
     if symmetric:
         _mirror(out, out)
@@ -353,15 +350,13 @@ def compute_tile(
     A, B, symmetric = as_pair(X1, X2)
     P, q1, q2 = _inner_products(A, B, symmetric)
     d = A.shape[1]
-    if plan is None:
-        plan = make_plan(arch, kind, jacobian, float(max(q1.max(), q2.max())), d)
-    else:
-        check_kind(arch, kind, jacobian)
-    v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.z, plan.w)
+    plan = make_plan(arch, kind, jacobian) if plan is None else plan
+    check_kind(arch, kind, jacobian)
+    v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.h)
     v2, vp2 = (
         (v1, vp1)
         if symmetric
-        else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.z, plan.w)
+        else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.h)
     )
     if jacobian:
         return fields_tile(
@@ -377,8 +372,7 @@ def compute_tile(
             vp1,
             v2,
             vp2,
-            plan.z,
-            plan.w,
+            plan.h,
             symmetric,
         )
     return scalar_tile(
@@ -392,8 +386,7 @@ def compute_tile(
         d,
         v1,
         v2,
-        plan.z,
-        plan.w,
+        plan.h,
         symmetric,
     )
 

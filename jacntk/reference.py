@@ -1,0 +1,227 @@
+"""Plain-NumPy reference of the field recursion (math.md §5.5–§5.7), vectorised over pairs.
+
+It implements the same mathematics as the Numba tiles of :mod:`jacntk.fields` without sharing
+their code — moments are evaluated on whole arrays of pairs, the jets are carried as a dict of
+arrays — so the tests can compare the two to round-off.  It is slow and memory-hungry by design
+(O(n1 n2 nodes^2) for quadrature activations); use it for checking only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf as _erf
+from scipy.special import expit
+
+from .arch import MLP, check_kind
+from .moments import ACT_CODES, COLLINEAR_TOL, QUADRATURE_STEP
+from .validation import as_pair
+
+_JETS = ("", "p", "q", "r", "pp", "pq", "pr", "qr")
+
+
+def derivatives(activation: str, u: np.ndarray) -> list[np.ndarray]:
+    """``[phi, phi', phi'', phi''', phi'''']`` evaluated elementwise on ``u``."""
+    if activation == "gelu":
+        pdf = np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi)
+        cdf = 0.5 * (1 + _erf(u / np.sqrt(2)))
+        return [
+            u * cdf,
+            cdf + u * pdf,
+            (2 - u**2) * pdf,
+            (u**3 - 4 * u) * pdf,
+            (-(u**4) + 7 * u**2 - 4) * pdf,
+        ]
+    if activation == "tanh":
+        t = np.tanh(u)
+        s = 1 - t * t
+        return [t, s, -2 * t * s, s * (6 * t * t - 2), 8 * t * s * (2 - 3 * t * t)]
+    if activation in ("softplus", "silu"):
+        sg = expit(u)
+        ds = [sg, sg * (1 - sg)]
+        ds.append(ds[1] * (1 - 2 * sg))
+        ds.append(ds[1] * (1 - 6 * sg + 6 * sg**2))
+        ds.append(ds[2] * (1 - 12 * sg + 12 * sg**2))
+        if activation == "softplus":
+            return [np.logaddexp(0, u)] + ds[:4]
+        return [u * ds[0]] + [u * ds[k] + k * ds[k - 1] for k in range(1, 5)]
+    if activation == "erf":
+        e = 2 / np.sqrt(np.pi) * np.exp(-u * u)
+        return [_erf(u), e, -2 * u * e, (4 * u * u - 2) * e, (-8 * u**3 + 12 * u) * e]
+    raise ValueError(f"no derivative table for {activation!r}")
+
+
+def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.ndarray]:
+    """All ten moments ``F^{ij}(c, a, b)`` (keys ``"00"``, ``"11"``, ..., ``"24"``) on arrays."""
+    c, a, b = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (c, a, b)))
+    if activation == "erf" and not quadrature:
+        A, B = 1 + 2 * a, 1 + 2 * b
+        delta = A * B - 4 * c * c
+        k = 4 / np.pi
+        return {
+            "00": 2 / np.pi * np.arcsin(np.clip(2 * c / np.sqrt(A * B), -1, 1)),
+            "11": k * delta**-0.5,
+            "20": -2 * k * c / (A * delta**0.5),
+            "02": -2 * k * c / (B * delta**0.5),
+            "22": 4 * k * c * delta**-1.5,
+            "31": -2 * k * B * delta**-1.5,
+            "13": -2 * k * A * delta**-1.5,
+            "33": 4 * k * (delta**-1.5 + 12 * c * c * delta**-2.5),
+            "42": -24 * k * c * B * delta**-2.5,
+            "24": -24 * k * c * A * delta**-2.5,
+        }
+    if activation == "relu":
+        sab = np.sqrt(a * b)
+        det = np.maximum(a * b - c * c, 0.0)
+        theta = np.arccos(np.clip(c / sab, -1, 1))
+        sdet = np.sqrt(det)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {
+                "00": (sdet + (np.pi - theta) * c) / (2 * np.pi),
+                "11": (np.pi - theta) / (2 * np.pi),
+                "20": sdet / (2 * np.pi * a),
+                "02": sdet / (2 * np.pi * b),
+                "22": 1 / (2 * np.pi * sdet),
+                "31": -c / (2 * np.pi * a * sdet),
+                "13": -c / (2 * np.pi * b * sdet),
+            }
+    return _trapezoid_moments(activation, c, a, b)
+
+
+def _trapezoid_moments(activation: str, c, a, b) -> dict[str, np.ndarray]:
+    """The trapezoid rule of :func:`jacntk.moments._quadrature_moments`, on arrays of pairs
+    (each pair's grid padded to the largest one, padded nodes weighted zero)."""
+    h = QUADRATURE_STEP[ACT_CODES[activation]]
+    R = 9.0
+    sa = np.sqrt(a)
+    hu = np.minimum(h / np.maximum(1.0, np.abs(c / a)), 0.5 * sa)
+    nk = (R * sa / hu).astype(int) + 1
+    s = np.sqrt(np.maximum(b - c * c / a, 0.0))
+    with np.errstate(divide="ignore"):
+        ht = np.where(s > 0, np.minimum(h / s, 0.5), 0.5)
+    nl = (R / ht).astype(int) + 1
+    k = np.arange(-nk.max(), nk.max() + 1)
+    l = np.arange(-nl.max(), nl.max() + 1)
+    u = k * hu[..., None]  # (..., K)
+    wk = np.where(np.abs(k) <= nk[..., None], np.exp(-0.5 * u * u / a[..., None]), 0.0)
+    wk /= wk.sum(axis=-1, keepdims=True)
+    t = l * ht[..., None]  # (..., L)
+    wl = np.where(np.abs(l) <= nl[..., None], np.exp(-0.5 * t * t), 0.0)
+    wl /= wl.sum(axis=-1, keepdims=True)
+    U = derivatives(activation, u)
+    V = derivatives(
+        activation,
+        (c / a)[..., None, None] * u[..., :, None] + s[..., None, None] * t[..., None, :],
+    )
+    G = [np.einsum("...kl,...l->...k", Vj, wl) for Vj in V]
+    return {
+        f"{i}{j}": np.einsum("...k,...k,...k->...", wk, U[i], G[j])
+        for i, j in ((0, 0), (1, 1), (2, 0), (0, 2), (2, 2), (3, 1), (1, 3), (3, 3), (4, 2), (2, 4))
+    }
+
+
+def reference_fields(
+    arch: MLP, X1, X2=None, *, kind: str = "ntk", jacobian: bool = True
+) -> np.ndarray:
+    """Reference of :func:`jacntk.fields.compute_tile`: (8, n1, n2) fields, or (n1, n2) values."""
+    check_kind(arch, kind, jacobian)
+    A, B, symmetric = as_pair(X1, X2)
+    d = A.shape[1]
+    act = arch.activation
+    om, sb2 = arch.sigma_w**2, arch.sigma_b**2
+    P = A @ B.T
+    q1, q2 = np.sum(A * A, axis=1), np.sum(B * B, axis=1)
+    if symmetric:
+        np.fill_diagonal(P, q1)
+
+    def chain(q):
+        v, vp = [om * q / d + sb2], [np.full_like(q, om / d)]
+        for _ in range(arch.depth - 1):
+            F = moments(act, v[-1], v[-1], v[-1])
+            vp.append(om * (F["11"] + F["20"]) * vp[-1])
+            v.append(om * F["00"] + sb2)
+        return v, vp
+
+    v1, vp1 = chain(q1)
+    v2, vp2 = chain(q2)
+    zero = np.zeros_like(P)
+    S = dict.fromkeys(_JETS, zero)
+    S[""] = om * P / d + sb2
+    S["p"] = np.full_like(P, om / d)
+    T = dict(S)
+    for layer in range(arch.depth):
+        a, b = v1[layer][:, None], v2[layer][None, :]
+        aq, br = vp1[layer][:, None], vp2[layer][None, :]
+        F = moments(act, S[""], a, b)
+        coll = np.zeros(P.shape, bool)
+        if act == "relu":
+            coll = (a * b - S[""] ** 2 <= COLLINEAR_TOL * a * b) & (S[""] > 0)
+            F = {k: np.where(coll, 0.0, v) for k, v in F.items()}
+            F["00"] = np.where(coll, 0.5 * np.sqrt(a * b), F["00"])
+            F["11"] = np.where(coll, 0.5, F["11"])
+
+        def step(G, S=S, a_q=aq, b_r=br):
+            """Jets of omega E[phi^(i) phi^(j)] given the moment table shifted by G."""
+            c = S
+            return {
+                "": om * G["00"],
+                "p": om * G["11"] * c["p"],
+                "q": om * (G["11"] * c["q"] + 0.5 * G["20"] * a_q),
+                "r": om * (G["11"] * c["r"] + 0.5 * G["02"] * b_r),
+                "pp": om * (G["22"] * c["p"] ** 2 + G["11"] * c["pp"]),
+                "pq": om
+                * (G["22"] * c["p"] * c["q"] + 0.5 * G["31"] * c["p"] * a_q + G["11"] * c["pq"]),
+                "pr": om
+                * (G["22"] * c["p"] * c["r"] + 0.5 * G["13"] * c["p"] * b_r + G["11"] * c["pr"]),
+                "qr": om
+                * (
+                    G["22"] * c["q"] * c["r"]
+                    + 0.5 * G["13"] * c["q"] * b_r
+                    + 0.5 * G["31"] * c["r"] * a_q
+                    + 0.25 * G["22"] * a_q * b_r
+                    + G["11"] * c["qr"]
+                ),
+            }
+
+        nS = step(F)
+        nS[""] = nS[""] + sb2
+        if coll.any():
+            for key in _JETS[1:]:
+                nS[key] = np.where(coll, 0.5 * om * S[key], nS[key])
+        if kind == "ntk" and "33" in F:
+            up = {
+                "00": F["11"],
+                "11": F["22"],
+                "20": F["31"],
+                "02": F["13"],
+                "22": F["33"],
+                "31": F["42"],
+                "13": F["24"],
+            }
+            D = step(up)
+            T = {
+                "": nS[""] + D[""] * T[""],
+                **{m: nS[m] + D[m] * T[""] + D[""] * T[m] for m in ("p", "q", "r")},
+                "pp": nS["pp"] + D["pp"] * T[""] + 2 * D["p"] * T["p"] + D[""] * T["pp"],
+                "pq": nS["pq"]
+                + D["pq"] * T[""]
+                + D["p"] * T["q"]
+                + D["q"] * T["p"]
+                + D[""] * T["pq"],
+                "pr": nS["pr"]
+                + D["pr"] * T[""]
+                + D["p"] * T["r"]
+                + D["r"] * T["p"]
+                + D[""] * T["pr"],
+                "qr": nS["qr"]
+                + D["qr"] * T[""]
+                + D["q"] * T["r"]
+                + D["r"] * T["q"]
+                + D[""] * T["qr"],
+            }
+        elif kind != "nngp":  # truncated; also the ReLU NTK value (same (0,0) entry)
+            sdot = om * F["11"]
+            T = {m: nS[m] + sdot * T[m] for m in _JETS}
+        S = nS
+    res = S if kind == "nngp" else T
+    out = arch.kappa**2 * np.stack([np.broadcast_to(res[m], P.shape) for m in _JETS])
+    return out if jacobian else out[0]

@@ -1,0 +1,217 @@
+"""Core kernels: Jacobian blocks vs finite differences, closed forms, Numba vs the NumPy
+reference, the structured product and projected augmentation, and bad input."""
+
+import numpy as np
+import pytest
+
+import jacntk
+from jacntk.fields import FIELD_TRANSPOSE, compute_tile
+from jacntk.reference import reference_fields
+
+
+def fd_jacobian_kernel(arch, X1, X2, kind, h=1e-4):
+    """Dense augmented matrix by central finite differences of the scalar kernel.
+
+    All shifted copies of both point sets go through one scalar Gram evaluation.
+    """
+    n1, d = X1.shape
+    n2 = X2.shape[0]
+    E = np.vstack([np.zeros(d), h * np.eye(d), -h * np.eye(d)])
+    P1 = (X1[:, None, :] + E[None]).reshape(-1, d)
+    P2 = (X2[:, None, :] + E[None]).reshape(-1, d)
+    K = jacntk.kernel(arch, P1, P2, kind=kind).reshape(n1, 2 * d + 1, n2, 2 * d + 1)
+    p, m = slice(1, d + 1), slice(d + 1, None)
+    G = np.empty((n1, d + 1, n2, d + 1))
+    G[:, 0, :, 0] = K[:, 0, :, 0]
+    G[:, 0, :, 1:] = (K[:, 0, :, p] - K[:, 0, :, m]) / (2 * h)
+    G[:, 1:, :, 0] = (K[:, p, :, 0] - K[:, m, :, 0]) / (2 * h)
+    G[:, 1:, :, 1:] = (K[:, p, :, p] - K[:, p, :, m] - K[:, m, :, p] + K[:, m, :, m]) / (4 * h * h)
+    return G.reshape(n1 * (d + 1), n2 * (d + 1))
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("activation", ["erf", "gelu", "tanh"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("sigmas", [(1.0, 0.0), (1.3, 0.4)])
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+def test_jacobian_blocks_match_finite_differences(activation, depth, sigmas, kind):
+    rng = np.random.default_rng(depth)
+    X = rng.standard_normal((3, 3))
+    arch = jacntk.MLP(depth, activation, *sigmas, kappa=0.8)
+    G = jacntk.kernel(arch, X, kind=kind, jacobian=True)
+    # every block, including the diagonal blocks x = x'
+    assert rel_err(G, fd_jacobian_kernel(arch, X, X, kind)) <= 1e-6
+    assert np.allclose(G, G.T, rtol=0, atol=1e-14 * np.abs(G).max())
+
+
+def _relu_nngp(p, q, r, depth, sw, sb, d):
+    """Arc-cosine recursion (Cho & Saul) in its textbook form, with the NTK (Jacot et al.)."""
+    c, a, b = sw**2 * p / d + sb**2, sw**2 * q / d + sb**2, sw**2 * r / d + sb**2
+    ntk = c
+    for _ in range(depth):
+        theta = np.arccos(np.clip(c / np.sqrt(a * b), -1, 1))
+        c_new = (
+            sw**2 * np.sqrt(a * b) / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * np.cos(theta))
+        )
+        ntk = c_new + sb**2 + sw**2 * (np.pi - theta) / (2 * np.pi) * ntk
+        c, a, b = c_new + sb**2, sw**2 * a / 2 + sb**2, sw**2 * b / 2 + sb**2
+    return c, ntk
+
+
+def _erf_nngp(p, q, r, depth, sw, sb, d):
+    """Williams' (1997) erf kernel, composed layer by layer, with the NTK."""
+    c, a, b = sw**2 * p / d + sb**2, sw**2 * q / d + sb**2, sw**2 * r / d + sb**2
+    ntk = c
+    for _ in range(depth):
+        A, B = 1 + 2 * a, 1 + 2 * b
+        sdot = sw**2 * 4 / (np.pi * np.sqrt(A * B - 4 * c**2))
+        c = sw**2 * 2 / np.pi * np.arcsin(2 * c / np.sqrt(A * B)) + sb**2
+        ntk = c + sdot * ntk
+        a = sw**2 * 2 / np.pi * np.arcsin(2 * a / (1 + 2 * a)) + sb**2
+        b = sw**2 * 2 / np.pi * np.arcsin(2 * b / (1 + 2 * b)) + sb**2
+    return c, ntk
+
+
+@pytest.mark.parametrize("activation,closed_form", [("relu", _relu_nngp), ("erf", _erf_nngp)])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_scalar_kernels_match_closed_forms(activation, closed_form, depth, rng):
+    X, Y = rng.standard_normal((6, 5)), rng.standard_normal((4, 5))
+    arch = jacntk.MLP(depth, activation, sigma_w=1.4, sigma_b=0.3, kappa=0.9)
+    q, r = (X**2).sum(1)[:, None], (Y**2).sum(1)[None, :]
+    nngp, ntk = closed_form(X @ Y.T, q, r, depth, 1.4, 0.3, 5)
+    np.testing.assert_allclose(jacntk.kernel(arch, X, Y, kind="nngp"), 0.81 * nngp, rtol=1e-13)
+    np.testing.assert_allclose(jacntk.kernel(arch, X, Y, kind="ntk"), 0.81 * ntk, rtol=1e-13)
+
+
+@pytest.mark.parametrize("activation", jacntk.ACTIVATIONS)
+@pytest.mark.parametrize("kind", jacntk.KINDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_numba_matches_numpy_reference(activation, kind, symmetric):
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((6, 4)), rng.standard_normal((5, 4))
+    X2 = None if symmetric else Y
+    arch = jacntk.MLP(3, activation, sigma_w=1.2, sigma_b=0.3, kappa=0.7)
+    if activation == "relu" and kind == "ntk":
+        cases = [False]  # the scalar ReLU NTK only; its JNTK is refused (tested below)
+    else:
+        cases = [False, True]
+    for jacobian in cases:
+        fast = compute_tile(arch, X, X2, kind=kind, jacobian=jacobian)
+        ref = reference_fields(arch, X, X2, kind=kind, jacobian=jacobian)
+        fast, ref = np.atleast_3d(fast.T).T, np.atleast_3d(ref.T).T
+        for k in range(fast.shape[0]):  # field by field, relative to each field's scale
+            assert np.abs(fast[k] - ref[k]).max() <= 1e-12 * np.abs(ref[k]).max(), k
+
+
+def test_symmetric_tile_equals_cross_tile_and_transposes(rng):
+    X = rng.standard_normal((9, 4))
+    arch = jacntk.MLP(2, "gelu", 1.1, 0.2)
+    sym = compute_tile(arch, X, None, kind="ntk", jacobian=True)
+    cross = compute_tile(arch, X, X.copy(), kind="ntk", jacobian=True)
+    np.testing.assert_allclose(sym, cross, rtol=0, atol=1e-13 * np.abs(cross).max())
+    off = ~np.eye(9, dtype=bool)  # mirrored entries are exact copies; the diagonal is computed
+    for k, kt in enumerate(FIELD_TRANSPOSE):
+        np.testing.assert_array_equal(sym[k][off], sym[kt].T[off])
+
+
+def test_kernel_fields_names_and_dense_consistency(rng):
+    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((3, 3))
+    arch = jacntk.MLP(2, "erf")
+    F = jacntk.kernel_fields(arch, X, Y, kind="nngp")
+    assert set(F.as_dict()) == set(jacntk.FIELD_NAMES) and F.shape == (4, 3)
+    np.testing.assert_array_equal(F.K, jacntk.kernel(arch, X, Y, kind="nngp"))
+    G = jacntk.kernel(arch, X, Y, kind="nngp", jacobian=True)
+    assert G.shape == (4 * 4, 3 * 4)
+    # point-major: value rows are 0, d+1, 2(d+1), ...
+    np.testing.assert_array_equal(G[::4, ::4], F.K)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_structured_product_matches_dense(k, rng):
+    X, Y = rng.standard_normal((7, 5)), rng.standard_normal((6, 5))
+    arch = jacntk.MLP(3, "erf", 1.2, 0.2)
+    F = jacntk.kernel_fields(arch, X, Y, kind="ntk")
+    G = jacntk.augment(F, X, Y)
+    V = rng.standard_normal((6 * 6, k)) if k > 1 else rng.standard_normal(6 * 6)
+    out = jacntk.structured_matmul(F, X, Y, V)
+    assert out.shape == ((7 * 6, k) if k > 1 else (7 * 6,))
+    assert rel_err(out, G @ V) <= 1e-12
+
+
+def test_projected_blocks_equal_dense_blocks_times_directions(rng):
+    n1, n2, d, p = 5, 4, 6, 2
+    X, Y = rng.standard_normal((n1, d)), rng.standard_normal((n2, d))
+    arch = jacntk.MLP(2, "gelu", 1.0, 0.1)
+    F = jacntk.kernel_fields(arch, X, Y, kind="ntk")
+    U1 = jacntk.random_directions(n1, p, d, seed=1)
+    U2 = jacntk.coordinate_directions(n2, [0, 4], d)
+
+    def embedding(U):  # (n(d+1), n(1+p)) block-diagonal [[1, 0], [0, U_i^T]]
+        n = U.shape[0]
+        E = np.zeros((n, d + 1, n, 1 + p))
+        for i in range(n):
+            E[i, 0, i, 0] = 1.0
+            E[i, 1:, i, 1:] = U[i].T
+        return E.reshape(n * (d + 1), n * (1 + p))
+
+    dense = embedding(U1).T @ jacntk.augment(F, X, Y) @ embedding(U2)
+    assert rel_err(jacntk.projected_kernel(F, X, Y, U1, U2), dense) <= 1e-12
+
+
+def test_relu_jacobian_ntk_is_refused_with_an_explanation(rng):
+    X = rng.standard_normal((3, 2))
+    arch = jacntk.MLP(2, "relu", sigma_w=np.sqrt(2))
+    with pytest.raises(ValueError, match="infinite.*ntk_truncated"):
+        jacntk.kernel(arch, X, kind="ntk", jacobian=True)
+    with pytest.raises(ValueError, match="infinite"):
+        jacntk.kernel_fields(arch, X, kind="ntk")
+    assert jacntk.kernel(arch, X, kind="ntk").shape == (3, 3)  # the scalar NTK is fine
+
+
+@pytest.mark.parametrize(
+    "make_inputs,match",
+    [
+        (lambda: (np.array([[np.nan, 1.0]]), None), "NaN or inf"),
+        (lambda: (np.array([[np.inf, 1.0]]), None), "NaN or inf"),
+        (lambda: (np.ones((2, 3)), np.ones((2, 4))), "different input dimensions"),
+        (lambda: (np.ones((0, 3)), None), "empty"),
+        (lambda: (np.ones(3), None), "2-D"),
+        (lambda: ([["a", "b"]], None), "numeric"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(make_inputs, match):
+    X1, X2 = make_inputs()
+    with pytest.raises(ValueError, match=match):
+        jacntk.kernel(jacntk.MLP(1, "erf"), X1, X2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depth": 0, "activation": "erf"}, "depth"),
+        ({"depth": 2.5, "activation": "erf"}, "depth"),
+        ({"depth": 2, "activation": "sigmoidal"}, "unknown activation 'sigmoidal'"),
+        ({"depth": 2, "activation": "erf", "sigma_w": -1.0}, "sigma_w"),
+        ({"depth": 2, "activation": "erf", "sigma_b": -0.1}, "sigma_b"),
+        ({"depth": 2, "activation": "erf", "kappa": float("nan")}, "kappa"),
+    ],
+)
+def test_bad_architectures_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jacntk.MLP(**kwargs)
+
+
+def test_unknown_kind_is_refused(rng):
+    with pytest.raises(ValueError, match="unknown kernel kind 'tangent'"):
+        jacntk.kernel(jacntk.MLP(1, "erf"), rng.standard_normal((2, 2)), kind="tangent")
+
+
+def test_mlp_is_frozen_hashable_and_round_trips():
+    arch = jacntk.MLP(3, "gelu", 1.5, 0.1, 0.1)
+    assert hash(arch) == hash(jacntk.MLP(3, "gelu", 1.5, 0.1, 0.1))
+    assert jacntk.MLP.from_dict(arch.to_dict()) == arch
+    with pytest.raises(AttributeError):
+        arch.depth = 4
