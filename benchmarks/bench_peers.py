@@ -224,7 +224,54 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
     return {"seconds": seconds}
 
 
-SERVE_OPS = {"scalar": serve_scalar, "jacobian": serve_jacobian, "dynamics": serve_dynamics}
+def serve_profile(req: dict, cache: dict) -> dict:
+    """Where ``jacntk.kernel`` spends its time: every function of ``jacntk.fields`` that
+    ``compute_tile`` calls is wrapped by a timer for one NTK call (inclusive times; the names
+    are looked up at run time, so the profile follows the module as it evolves)."""
+    import inspect
+
+    import jacntk.fields as fields
+    from jacntk import kernel
+
+    arch = _arch(req["arch"])
+    X = np.load(req["x"])
+    kernel(arch, X, kind="ntk")  # warm (compiled kernels cached)
+    timings: dict[str, float] = {}
+    originals = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    for name, obj in vars(fields).items():
+        own = getattr(obj, "__module__", None) == fields.__name__ or hasattr(obj, "py_func")
+        if callable(obj) and own and not inspect.isclass(obj) and name != "kernel_fields":
+            originals[name] = obj
+    try:
+        for name, obj in originals.items():
+            setattr(fields, name, timed(name, obj))
+        t0 = time.perf_counter()
+        kernel(arch, X, kind="ntk")
+        total = time.perf_counter() - t0
+    finally:
+        for name, obj in originals.items():
+            setattr(fields, name, obj)
+    timings.pop("compute_tile", None)
+    return {"seconds": {"total": total}, "profile": sorted(timings.items(), key=lambda kv: -kv[1])}
+
+
+SERVE_OPS = {
+    "scalar": serve_scalar,
+    "jacobian": serve_jacobian,
+    "dynamics": serve_dynamics,
+    "profile": serve_profile,
+}
 
 
 def serve() -> int:
@@ -418,6 +465,11 @@ def run_scalar(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
     workers = start_workers(args, dtype, not args.no_peer)
     try:
         rec.update(alternate(workers, requests, args.repeats))
+        if args.profile and "error" not in rec["jacntk"]:
+            reply = workers["jacntk"].call({**base, "op": "profile"})
+            rec["profile"] = {"total": reply["seconds"]["total"], "parts": reply["profile"]}
+    except WorkerError as exc:
+        rec["profile"] = {"error": str(exc)}
     finally:
         for w in workers.values():
             w.close()
@@ -738,6 +790,23 @@ def render(records: list[dict], versions: dict, args) -> str:
     if "expm" in by_task:
         lines += ["### Matrix-exponential actions vs SciPy", ""]
         lines += render_expm(by_task["expm"], args)
+    profiled = [r for r in by_task.get("scalar", []) if "parts" in r.get("profile", {})]
+    if profiled:
+        lines += [
+            "### Where jacntk's scalar NTK time goes",
+            "",
+            'One extra `jacntk.kernel(kind="ntk")` call per row with every function of '
+            "`jacntk.fields` that it calls wrapped by a timer (inclusive seconds; numba "
+            "kernels run on NUMBA_NUM_THREADS threads).",
+            "",
+        ]
+        for r in sorted(profiled, key=order):
+            parts = ", ".join(f"`{k}` {v:.3g}" for k, v in r["profile"]["parts"][:6])
+            lines.append(
+                f"- {r['act']}, d = {r['d']}, N = {r['N']}, {r['dtype']}: total "
+                f"{r['profile']['total']:.3g} s: {parts} (load {_load(r)})"
+            )
+        lines.append("")
     notes = _errors(records)
     if notes:
         lines += ["### Failures (recorded, not hidden)", ""] + notes + [""]
@@ -812,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--expm-tols", nargs="+", type=float, default=[1e-6, 1e-8, 1e-10, 1e-12, 1e-14]
     )
+    parser.add_argument("--profile", action="store_true", help="profile jacntk's scalar rows")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--no-peer", action="store_true", help="jacntk rows only")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
