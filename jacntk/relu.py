@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import MLP, check_kind
-from .validation import as_pair
+from .validation import as_pair, as_vector
 
 #: Kinds computed here for ReLU with ``jacobian=True`` (the true ReLU JNTK does not exist).
 STABLE_KINDS = ("nngp", "ntk_truncated")
@@ -113,6 +113,14 @@ class StableBlocks:
         return out.reshape(n1 * (d + 1), n2 * (d + 1))
 
 
+def _check_relu(arch: MLP, kind: str, name: str) -> None:
+    if arch.activation != "relu":
+        raise ValueError(f"{name} needs a relu MLP, got activation {arch.activation!r}")
+    check_kind(arch, kind, True)
+    if kind not in STABLE_KINDS:
+        raise ValueError(f"kind must be one of {STABLE_KINDS} for the ReLU blocks, got {kind!r}")
+
+
 def _row_chunk(n2: int, per_pair: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, n2 * per_pair))
 
@@ -139,44 +147,46 @@ def _assemble(coef: np.ndarray, iso: np.ndarray, u1: np.ndarray, u2: np.ndarray)
     return G
 
 
-def pair_basis(X1: np.ndarray, X2: np.ndarray):
+def pair_basis(X: np.ndarray, Y: np.ndarray):
     """Per-pair orthonormal basis of ``span{x, x'}`` and the pair invariants it needs.
 
     Parameters
     ----------
-    X1 : (m, d); X2 : (n, d) float64 (validated)
+    X, Y : (..., d) float64, broadcastable against each other (validated points): all pairs
+        with ``X1[:, None, :], X2[None, :, :]``, aligned pairs with two (k, d) arrays.
 
     Returns
     -------
-    u1 : (m, d)          ``x / |x|`` (0 for ``x = 0``)
-    u2 : (m, n, d)       unit ``w = delta - (u1 . delta) u1``, ``delta = x' - x`` (0 if ``w = 0``)
-    inv : dict of (m, n) arrays
+    u1 : X.shape             ``x / |x|`` (0 for ``x = 0``)
+    u2 : broadcast shape     unit ``w = delta - (u1 . delta) u1``, ``delta = x' - x``
+                             (0 where ``w = 0``)
+    inv : dict of arrays of the broadcast shape without the last axis
         ``q, r, p`` (``|x|^2, |x'|^2, <x, x'> = q + x . delta``), ``dd = |delta|^2``,
         ``qmr = q - r = -(2 x . delta + dd)``, ``xi1 = |x|``, ``xi1p = u1 . x'``,
         ``xi2p = |w|`` (so ``x = (xi1, 0)``, ``x' = (xi1p, xi2p)`` in the basis and
         ``q r - p^2 = q xi2p^2`` without cancellation).
     """
-    q = np.einsum("ia,ia->i", X1, X1)
-    r = np.einsum("ja,ja->j", X2, X2)
+    q = np.einsum("...a,...a->...", X, X)
+    r = np.einsum("...a,...a->...", Y, Y)
     nx = np.sqrt(q)
-    u1 = np.divide(X1, nx[:, None], out=np.zeros_like(X1), where=nx[:, None] > 0)
-    delta = X2[None, :, :] - X1[:, None, :]
-    xd = np.einsum("ia,ija->ij", X1, delta)
-    dd = np.einsum("ija,ija->ij", delta, delta)
-    ud = np.einsum("ia,ija->ij", u1, delta)
-    w = delta - ud[:, :, None] * u1[:, None, :]
-    w -= np.einsum("ia,ija->ij", u1, w)[:, :, None] * u1[:, None, :]  # re-orthogonalise
-    nw = np.sqrt(np.einsum("ija,ija->ij", w, w))
-    u2 = np.divide(w, nw[:, :, None], out=w, where=nw[:, :, None] > 0)
-    u2[nw == 0.0] = 0.0
+    u1 = np.divide(X, nx[..., None], out=np.zeros_like(X), where=nx[..., None] > 0)
+    delta = Y - X
+    xd = np.einsum("...a,...a->...", X, delta)
+    dd = np.einsum("...a,...a->...", delta, delta)
+    ud = np.einsum("...a,...a->...", u1, delta)
+    w = delta - ud[..., None] * u1
+    w -= np.einsum("...a,...a->...", u1, w)[..., None] * u1  # re-orthogonalise
+    nw = np.sqrt(np.einsum("...a,...a->...", w, w))
+    u2 = np.divide(w, nw[..., None], out=np.zeros_like(w), where=nw[..., None] > 0)
+    shape = dd.shape
     inv = {
-        "q": np.broadcast_to(q[:, None], dd.shape),
-        "r": np.broadcast_to(r[None, :], dd.shape),
-        "p": q[:, None] + xd,
+        "q": np.broadcast_to(q, shape),
+        "r": np.broadcast_to(r, shape),
+        "p": q + xd,
         "dd": dd,
         "qmr": -(2.0 * xd + dd),
-        "xi1": np.broadcast_to(nx[:, None], dd.shape),
-        "xi1p": nx[:, None] + ud,
+        "xi1": np.broadcast_to(nx, shape),
+        "xi1p": nx + ud,
         "xi2p": nw,
     }
     return u1, u2, inv
@@ -240,9 +250,11 @@ def stable_recursion(arch: MLP, kind: str, inv: dict, d: int) -> tuple[np.ndarra
     for _ in range(arch.depth):
         a, b, c = A0[..., 0], B0[..., 0], C[..., 0, 0]
         degenerate = a * b <= 0.0  # only for x = 0 or x' = 0 with sigma_b = 0
-        theta = np.arctan2(np.sqrt(np.maximum(det, 0.0)), c)
+        sdet = np.sqrt(np.maximum(det, 0.0))
+        theta = np.arctan2(sdet, c)
         sin_t, cos_t = np.sin(theta), np.cos(theta)
-        P = np.where(degenerate, 0.25, (math.pi - theta) / (2.0 * math.pi))
+        # pi - theta = atan2(sdet, -c): accurate near theta = pi as well
+        P = np.where(degenerate, 0.25, np.arctan2(sdet, -c) / (2.0 * math.pi))
         ra = np.sqrt(np.where(degenerate, 1.0, a))
         rb = np.sqrt(np.where(degenerate, 1.0, b))
         k1 = A0 / ra[..., None]
@@ -296,11 +308,7 @@ def relu_stable_blocks(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> StableB
     StableBlocks
         ``.dense()`` is the point-major ``(n1 (d+1), n2 (d+1))`` matrix of ``jacntk.kernel``.
     """
-    if arch.activation != "relu":
-        raise ValueError(f"relu_stable_blocks needs a relu MLP, got activation {arch.activation!r}")
-    check_kind(arch, kind, True)
-    if kind not in STABLE_KINDS:
-        raise ValueError(f"kind must be one of {STABLE_KINDS} for the ReLU blocks, got {kind!r}")
+    _check_relu(arch, kind, "relu_stable_blocks")
     A, B, _ = as_pair(X1, X2)
     n1, d = A.shape
     n2 = B.shape[0]
@@ -311,7 +319,8 @@ def relu_stable_blocks(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> StableB
     step = _row_chunk(n2, d)
     for lo in range(0, n1, step):
         hi = min(n1, lo + step)
-        u1[lo:hi], u2[lo:hi], inv = pair_basis(A[lo:hi], B)
+        b1, u2[lo:hi], inv = pair_basis(A[lo:hi, None, :], B[None, :, :])
+        u1[lo:hi] = b1[:, 0, :]
         coef[lo:hi], iso[lo:hi] = stable_recursion(arch, kind, inv, d)
     return StableBlocks(coef, iso, u1, u2, kind)
 
@@ -324,3 +333,95 @@ def relu_jacobian_kernel(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> np.nd
     (n1 (d+1), n2 (d+1)) float64, point-major (math.md §0.3).
     """
     return relu_stable_blocks(arch, X1, X2, kind=kind).dense()
+
+
+def hidden_angle_sines(arch: MLP, X1, X2=None) -> np.ndarray:
+    """``min_l sin(theta_l)`` over the hidden layers' input angles of every pair.
+
+    ``cos(theta_l) = c_l / sqrt(a_l b_l)`` with ``c_1 = omega p / d + sigma_b^2``,
+    ``c_{l+1} = omega F00(c_l, a_l, b_l) + sigma_b^2``, ``a_{l+1} = omega a_l / 2 + sigma_b^2``
+    (math.md §5.9).  Pairs with a small value (near ``x' = x``, near ``x' = -x`` without bias,
+    or any pair a bias makes nearly collinear) are those where the ``(p, q, r)`` fields cancel:
+    the field route loses about ``eps_mach / sin^2`` relative accuracy there.  Computed with
+    plain cancellation-prone formulas: good enough to *flag* pairs, not to evaluate them.
+
+    Returns
+    -------
+    (n1, n2) float64 in ``[0, 1]``; 1 where a pre-activation variance is 0 (no angle).
+    """
+    A, B, _ = as_pair(X1, X2)
+    d = A.shape[1]
+    omega, sb2 = arch.sigma_w**2, arch.sigma_b**2
+    c = omega * (A @ B.T) / d + sb2
+    a = (omega * np.einsum("ia,ia->i", A, A) / d + sb2)[:, None]
+    b = (omega * np.einsum("ja,ja->j", B, B) / d + sb2)[None, :]
+    smallest = np.ones(c.shape)
+    for _ in range(arch.depth):
+        ab = a * b
+        cos_t = np.clip(np.divide(c, np.sqrt(ab), out=np.zeros(c.shape), where=ab > 0), -1, 1)
+        sin_t = np.where(ab > 0, np.sqrt(np.maximum(1.0 - cos_t * cos_t, 0.0)), 1.0)
+        smallest = np.minimum(smallest, sin_t)
+        theta = np.arccos(cos_t)
+        c = omega * np.sqrt(ab) * (sin_t + (math.pi - theta) * cos_t) / (2 * math.pi) + sb2
+        a, b = 0.5 * omega * a + sb2, 0.5 * omega * b + sb2
+    return smallest
+
+
+def relu_pair_matmul(arch: MLP, X1, X2, rows, cols, V, *, kind: str = "nngp") -> np.ndarray:
+    """``sum_{(i, j) listed} Block(x_i, x'_j) V_j`` from the stable blocks, ``O(d k)`` per pair.
+
+    Meant as the near-collinear correction of the structured product (math.md §5.4): zero the
+    fields of the listed pairs, run the field product, add this.  With ``y = E^T v`` (``E`` of
+    the module docstring), ``Block v = E (C - iota diag(0, 1, 1)) y + iota (0, v_grad)``.
+
+    Parameters
+    ----------
+    rows, cols : (k,) int arrays of pair indices into X1 and X2 (X2 None: X1)
+    V : (n2 (d+1),) or (n2 (d+1), m), point-major
+
+    Returns
+    -------
+    (n1 (d+1),) or (n1 (d+1), m) float64.
+    """
+    _check_relu(arch, kind, "relu_pair_matmul")
+    A, B, _ = as_pair(X1, X2)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    rows = np.asarray(rows, dtype=np.intp).ravel()
+    cols = np.asarray(cols, dtype=np.intp).ravel()
+    if rows.shape != cols.shape:
+        raise ValueError(f"rows and cols differ in length: {rows.size} vs {cols.size}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n1 or cols.min() < 0 or cols.max() >= n2):
+        raise ValueError(f"pair indices out of range for {n1} x {n2} points")
+    V = as_vector(V, n2 * (d + 1), "V")
+    vector = V.ndim == 1
+    if V.ndim > 2:
+        raise ValueError(f"V must be 1-D or 2-D, got shape {V.shape}")
+    V3 = V.reshape(n2, d + 1, -1)
+    out = np.zeros((n1, d + 1, V3.shape[2]))
+    if rows.size:
+        u1, u2, inv = pair_basis(A[rows], B[cols])
+        coef, iso = stable_recursion(arch, kind, inv, d)
+        M = coef.copy()
+        M[:, 1, 1] -= iso
+        M[:, 2, 2] -= iso
+        Vp = V3[cols]  # (k, d+1, m)
+        y = np.stack(
+            [
+                Vp[:, 0, :],
+                np.einsum("ka,kam->km", u1, Vp[:, 1:, :]),
+                np.einsum("ka,kam->km", u2, Vp[:, 1:, :]),
+            ],
+            axis=1,
+        )  # (k, 3, m)
+        My = np.einsum("kst,ktm->ksm", M, y)
+        contrib = np.empty((rows.size, d + 1, V3.shape[2]))
+        contrib[:, 0, :] = My[:, 0, :]
+        contrib[:, 1:, :] = (
+            u1[:, :, None] * My[:, None, 1, :]
+            + u2[:, :, None] * My[:, None, 2, :]
+            + iso[:, None, None] * Vp[:, 1:, :]
+        )
+        np.add.at(out, rows, contrib)
+    out = out.reshape(n1 * (d + 1), -1)
+    return out[:, 0] if vector else out

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from jacntk import MLP, augment, kernel, kernel_fields
-from jacntk.relu import pair_basis, relu_stable_blocks
+from jacntk import MLP, KernelFields, augment, kernel, kernel_fields, structured_matmul
+from jacntk.relu import hidden_angle_sines, pair_basis, relu_pair_matmul, relu_stable_blocks
 
 DEPTHS = (1, 2, 3)
 SIGMAS = ((1.0, 0.0), (1.4, 0.3))
@@ -178,6 +178,7 @@ def _mp_fields_block(arch: MLP, kind: str, x: np.ndarray, y: np.ndarray, mp) -> 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_near_collinear_blocks_match_60_digit_reference(rng, kind):
+    """x' = x + eps v and x' = -x + eps v, eps = 1e-1 ... 1e-9: error <= 1e-14 of the scale."""
     mp = pytest.importorskip("mpmath", reason="mpmath provides the high-precision reference")
     d = 4
     x = rng.standard_normal(d)
@@ -189,10 +190,16 @@ def test_near_collinear_blocks_match_60_digit_reference(rng, kind):
             for sigmas in SIGMAS:
                 arch = MLP(depth, "relu", *sigmas, kappa=0.9)
                 for e in 10.0 ** -np.arange(1, 11, 2):
-                    y = x + e * v
-                    ref = _mp_fields_block(arch, kind, x, y, mp)
-                    got = kernel(arch, x[None], y[None], kind=kind, jacobian=True)
-                    worst = max(worst, np.abs(got - ref).max() / np.abs(ref).max())
+                    for y in (x + e * v, -x + e * v):  # near x' = x and near x' = -x
+                        ref = _mp_fields_block(arch, kind, x, y, mp)
+                        got = kernel(arch, x[None], y[None], kind=kind, jacobian=True)
+                        # the Gram's scale: sqrt of the two diagonal blocks' sizes (near
+                        # x' = -x without bias the block itself vanishes like eps)
+                        scale = math.sqrt(
+                            np.abs(_diagonal_blocks(arch, x, kind)).max()
+                            * np.abs(_diagonal_blocks(arch, y, kind)).max()
+                        )
+                        worst = max(worst, np.abs(got - ref).max() / scale)
     assert worst <= 1e-14, f"max relative error vs 60-digit reference {worst:.2e}"
 
 
@@ -312,7 +319,8 @@ def test_pair_basis_is_orthonormal_and_spans_both_points(rng):
     X1 = rng.standard_normal((3, 5))
     X2 = np.vstack([rng.standard_normal((2, 5)), 2.0 * X1[0], X1[1] + 1e-9])
     X1[2] = 0.0
-    u1, u2, inv = pair_basis(X1, X2)
+    u1, u2, inv = pair_basis(X1[:, None, :], X2[None, :, :])
+    u1 = u1[:, 0, :]
     for i in range(3):
         for j in range(4):
             Q = np.stack([u1[i], u2[i, j]])
@@ -355,3 +363,80 @@ def test_one_hidden_layer_closed_form_of_math_md(rng):
     )
     got = kernel(MLP(1, "relu", d**0.25), x[None], y[None], kind="nngp", jacobian=True)
     np.testing.assert_allclose(got[1:, 1:], ref, atol=1e-15)
+
+
+def _gram_with_near_pairs(rng, d: int = 4) -> np.ndarray:
+    X = rng.standard_normal((6, d))
+    X[1] = X[0] + 1e-7 * rng.standard_normal(d)  # near duplicate
+    X[2] = X[0].copy()  # exact duplicate
+    X[3] = -X[4] + 1e-6 * rng.standard_normal(d)  # near antipodal
+    return X
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_field_product_with_stable_correction_of_flagged_pairs_is_accurate(rng, kind):
+    """Proposed treatment for the structured product (math.md §5.4): zero the fields of the
+    pairs ``hidden_angle_sines`` flags and add ``relu_pair_matmul`` for them."""
+    arch = MLP(3, "relu", 1.3, 0.0, kappa=0.8)
+    X = _gram_with_near_pairs(rng)
+    d = X.shape[1]
+    V = rng.standard_normal((X.shape[0] * (d + 1), 3))
+    dense = kernel(arch, X, kind=kind, jacobian=True)
+    ref = dense @ V
+    flagged = hidden_angle_sines(arch, X) < 1e-2
+    rows, cols = np.nonzero(flagged)
+    assert {(0, 1), (1, 0), (3, 4), (4, 3), (0, 2)} <= set(
+        zip(rows.tolist(), cols.tolist(), strict=True)
+    )
+    fields = kernel_fields(arch, X, kind=kind)
+    plain = structured_matmul(fields, X, X, V)
+    data = fields.data.copy()
+    data[:, flagged] = 0.0
+    fixed = structured_matmul(KernelFields(data, kind), X, X, V) + relu_pair_matmul(
+        arch, X, None, rows, cols, V, kind=kind
+    )
+    assert np.abs(fixed - ref).max() <= 1e-14 * np.abs(ref).max()
+    # the plain field product is finite here but only accurate to ~1e-7 (reported, not tested)
+    assert np.all(np.isfinite(plain))
+    # every pair through relu_pair_matmul equals the dense product
+    rows, cols = np.nonzero(np.ones(flagged.shape, dtype=bool))
+    np.testing.assert_allclose(
+        relu_pair_matmul(arch, X, None, rows, cols, V[:, 0], kind=kind),
+        ref[:, 0],
+        rtol=0,
+        atol=1e-14 * np.abs(ref).max(),
+    )
+
+
+def test_relu_pair_matmul_rejects_bad_pairs_and_vectors():
+    arch = MLP(2, "relu")
+    X = np.eye(3)
+    V = np.ones(12)
+    with pytest.raises(ValueError, match="out of range"):
+        relu_pair_matmul(arch, X, None, [0, 3], [0, 1], V)
+    with pytest.raises(ValueError, match="differ in length"):
+        relu_pair_matmul(arch, X, None, [0, 1], [0], V)
+    with pytest.raises(ValueError, match="length 12"):
+        relu_pair_matmul(arch, X, None, [0], [0], np.ones(11))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        relu_pair_matmul(arch, X, None, [0], [0], np.full(12, np.nan))
+    with pytest.raises(ValueError, match="ntk_truncated"):
+        relu_pair_matmul(arch, X, None, [0], [0], V, kind="ntk")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_antipodal_pair_is_finite_and_continuous(rng, kind):
+    """x' = -x without bias: the first hidden layer's angle is pi; the block is finite (0 at
+    depth 1) and the limit of x' = -x + eps v."""
+    d = 4
+    x = rng.standard_normal(d)
+    v = rng.standard_normal(d)
+    for depth in DEPTHS:
+        arch = MLP(depth, "relu", 1.3, 0.0)
+        scale = np.abs(_diagonal_blocks(arch, x, kind)).max()
+        at = kernel(arch, x[None], -x[None], kind=kind, jacobian=True)
+        near = kernel(arch, x[None], (-x + 1e-9 * v)[None], kind=kind, jacobian=True)
+        assert np.all(np.isfinite(at))
+        assert np.abs(at - near).max() <= 1e-8 * scale
+        if depth == 1:
+            assert np.abs(at).max() <= 1e-15 * scale
