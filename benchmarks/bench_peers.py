@@ -140,6 +140,21 @@ def max_rel_diff(a, b) -> float:
     return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max())
 
 
+def relu_diagonal(arch: dict, q: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact NNGP and NTK of a ReLU MLP at x = x' (theta = 0): ``E[relu(g)^2] = v / 2`` and
+    ``E[relu'(g)^2] = 1 / 2`` give ``S_{l+1} = omega S_l / 2 + sigma_b^2``,
+    ``T_{l+1} = S_{l+1} + omega T_l / 2`` from ``S_1 = T_1 = omega q / d + sigma_b^2``
+    (times ``kappa^2``).  A reference for the diagonal, where arccos(p / sqrt(q r)) is
+    ill-conditioned when p is rounded."""
+    omega, sb2 = arch["sigma_w"] ** 2, arch["sigma_b"] ** 2
+    S = omega * np.asarray(q, dtype=np.float64) / d + sb2
+    T = S.copy()
+    for _ in range(arch["depth"]):
+        S = 0.5 * omega * S + sb2
+        T = S + 0.5 * omega * T
+    return arch["kappa"] ** 2 * S, arch["kappa"] ** 2 * T
+
+
 def pair_blocks(fields: np.ndarray, X: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """The (d+1) x (d+1) Jacobian-augmented blocks of ``pairs`` from jacntk's (8, n, n) fields,
     via ``jacntk.augment`` on the one-pair field slices: (m, d+1, d+1)."""
@@ -483,6 +498,20 @@ def run_scalar(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
             a, b = np.load(tmp / f"jac_{kind}.npy"), np.load(tmp / f"nt_{kind}.npy")
             rec["max_rel_diff"][kind] = max_rel_diff(a, b)
             rec["max_rel_diff"][kind + "_offdiag"] = max_rel_diff(a[off], b[off])
+        if act == "relu":  # which library is right on the diagonal (see relu_diagonal)
+            Xr = X[rows].astype(np.float64)
+            nngp_diag, ntk_diag = relu_diagonal(base["arch"], (Xr**2).sum(1), d)
+            exact = {"nngp": nngp_diag, "ntk": ntk_diag}
+            rec["relu_diag_err"] = {
+                lib: {
+                    kind: max_rel_diff(
+                        np.load(tmp / f"{prefix}_{kind}.npy")[np.arange(len(rows)), rows],
+                        exact[kind],
+                    )
+                    for kind in ("nngp", "ntk")
+                }
+                for lib, prefix in (("jacntk", "jac"), ("peer", "nt"))
+            }
     return rec
 
 
@@ -690,6 +719,22 @@ def render(records: list[dict], versions: dict, args) -> str:
                 ],
                 rows,
             ),
+        ]
+    diag = [r for r in by_task.get("scalar", []) if "relu_diag_err" in r]
+    if diag:
+        lines += [
+            "ReLU diagonal (x = x') against its exact value (`relu_diagonal`: E[relu(g)^2] = "
+            "v/2), max rel error NTK, jacntk / NT: "
+            + "; ".join(
+                f"d = {r['d']} N = {r['N']} {r['dtype']}: "
+                f"{r['relu_diag_err']['jacntk']['ntk']:.1e} / "
+                f"{r['relu_diag_err']['peer']['ntk']:.1e}"
+                for r in sorted(diag, key=order)
+            )
+            + ". The NTK differences in the table sit on the diagonal, where neural-tangents "
+            "evaluates arccos(p / sqrt(q r)) at a rounded 1 - eps (error ~ sqrt(eps)); jacntk "
+            "sets p = q exactly there.",
+            "",
         ]
     if "jacobian" in by_task:
         rows = []

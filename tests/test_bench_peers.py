@@ -146,3 +146,11 @@ def test_neural_tangents_agrees_to_1e10_on_a_tiny_scalar_row(tmp_path):
     assert "error" not in rec["peer"], rec["peer"]
     assert rec["max_rel_diff"]["nngp"] <= 1e-10
     assert rec["max_rel_diff"]["ntk"] <= 1e-10
+
+
+def test_relu_diagonal_reference_matches_the_kernels(rng):
+    X = rng.standard_normal((5, 7))
+    arch = jacntk.MLP(3, "relu", sigma_w=1.3, sigma_b=0.4, kappa=0.7)
+    nngp, ntk = bench.relu_diagonal(arch.to_dict(), (X**2).sum(1), 7)
+    np.testing.assert_allclose(np.diag(jacntk.kernel(arch, X, kind="nngp")), nngp, rtol=1e-13)
+    np.testing.assert_allclose(np.diag(jacntk.kernel(arch, X, kind="ntk")), ntk, rtol=1e-13)
