@@ -230,13 +230,22 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
     X, y, Xt = (np.load(req[k]) for k in ("x", "y", "xt"))
     t0 = time.perf_counter()
     result = jacntk.predict(
-        arch, X, y, Xt, times=req["times"], kind="ntk", learning_rate=req["learning_rate"]
+        arch,
+        X,
+        y,
+        Xt,
+        times=req["times"],
+        kind="ntk",
+        learning_rate=req["learning_rate"],
+        gradients=False,
     )
     values = np.asarray(result.values)
     seconds = {"total": time.perf_counter() - t0}
     if req.get("out"):
         np.save(req["out"], values)
-    return {"seconds": seconds}
+    diag = {k: v if isinstance(v, (int, float, str)) else str(v)[:200]
+            for k, v in result.diagnostics.items()}  # fmt: skip
+    return {"seconds": seconds, "diagnostics": diag}
 
 
 def serve_profile(req: dict, cache: dict) -> dict:
@@ -441,6 +450,8 @@ def alternate(workers: dict, requests: dict, repeats: int) -> dict:
                 worker.close()
                 continue
             out[lib]["peak_rss_mib"] = reply["peak_rss_mib"]
+            extra = {k: v for k, v in reply.items() if k not in ("seconds", "peak_rss_mib")}
+            out[lib].update(extra)
             out[lib]["import_rss_mib"] = worker.hello.get("rss_mib")
             if rep > 0 or repeats == 0:
                 out[lib]["times"].append(reply["seconds"])
