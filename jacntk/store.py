@@ -107,6 +107,19 @@ def transpose_fields(F: np.ndarray) -> np.ndarray:
     return F[list(FIELD_TRANSPOSE)].transpose(0, 2, 1)
 
 
+def run_concurrently(coroutines: list) -> list:
+    """Await Zarr's async reads/writes together on its event loop (one round trip per tile
+    instead of one per chunk; matters on object stores)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def gather():
+        return await asyncio.gather(*coroutines)
+
+    return sync(gather())
+
+
 def _indices(sel, n: int, name: str) -> np.ndarray:
     """Point indices from an int, a slice, a boolean mask or a list/array of ints."""
     if sel is None:
@@ -362,9 +375,11 @@ class GramStore:
         ri, rj = self.tile_slice(i), self.tile_slice(j)
         if not self.jacobian:
             return self._array("K")[ri, rj]
-        parts = {name: self._array(name)[ri, rj] for name in STORED_FIELDS}
-        parts["K_r"] = self._array("K_q")[rj, ri].T
-        parts["K_pr"] = self._array("K_pq")[rj, ri].T
+        reads = [(name, (ri, rj)) for name in STORED_FIELDS]
+        reads += [("K_q", (rj, ri)), ("K_pq", (rj, ri))]
+        got = run_concurrently([self._array(name).async_array.getitem(sel) for name, sel in reads])
+        parts = dict(zip(STORED_FIELDS, got[:6], strict=True))
+        parts["K_r"], parts["K_pr"] = got[6].T, got[7].T
         return np.stack([parts[name] for name in FIELD_NAMES])
 
     def tile_block(self, i: int, j: int) -> np.ndarray:
@@ -493,39 +508,52 @@ class GramStore:
                 y[bj] += structured_matmul(transpose_fields(T), X[sj], X[si].copy(), v[bi])
         return y
 
+    def field_tile(self, name: str, i: int, j: int) -> np.ndarray:
+        """One field (``"K"`` for a scalar store) of tile ``(i, j)``, any order: (ti, tj) float64.
+
+        Reads exactly one chunk: self-transposed fields from ``(min, max)`` (transposed below
+        the diagonal), ``K_q``/``K_pq`` from ``(i, j)``, ``K_r``/``K_pr`` as the transpose of
+        chunk ``(j, i)`` of ``K_q``/``K_pq``.
+        """
+        names = FIELD_NAMES if self.jacobian else ("K",)
+        if name not in names:
+            raise ValueError(f"unknown field {name!r}; this store has {', '.join(names)}")
+        ri, rj = self.tile_slice(i), self.tile_slice(j)
+        self._require([(i, j)])
+        mirrored = {"K_r": "K_q", "K_pr": "K_pq"}
+        if name in mirrored:
+            return self._array(mirrored[name])[rj, ri].T.astype(np.float64)
+        if name in FULL_FIELDS or i <= j:
+            return self._array(name)[ri, rj].astype(np.float64)
+        return self._array(name)[rj, ri].T.astype(np.float64)
+
     def to_dask(self):
         """The scalar Gram as a dask array (n, n), or a dict of the eight (n, n) field arrays.
 
-        Each chunk is one tile read lazily (lower tiles mirrored).  Raises if tiles are missing.
+        Each dask chunk is one stored chunk read lazily (:meth:`field_tile`).  Raises if tiles
+        are missing.
         """
         import dask
         import dask.array as da
 
         self._require(upper_tiles(self.n_tiles))
         sizes = [self.tile_slice(i).stop - self.tile_slice(i).start for i in range(self.n_tiles)]
-        tiles = [
-            [dask.delayed(GramStore.tile_block)(self, i, j) for j in range(self.n_tiles)]
-            for i in range(self.n_tiles)
-        ]
-        if not self.jacobian:
+
+        def field_array(name: str):
+            read = dask.delayed(GramStore.field_tile, pure=True)
             return da.block(
                 [
-                    [da.from_delayed(t, (sizes[i], sizes[j]), np.float64) for j, t in enumerate(r)]
-                    for i, r in enumerate(tiles)
-                ]
-            )
-        return {
-            name: da.block(
-                [
                     [
-                        da.from_delayed(t[k], (sizes[i], sizes[j]), np.float64)
-                        for j, t in enumerate(r)
+                        da.from_delayed(read(self, name, i, j), (sizes[i], sizes[j]), np.float64)
+                        for j in range(self.n_tiles)
                     ]
-                    for i, r in enumerate(tiles)
+                    for i in range(self.n_tiles)
                 ]
             )
-            for k, name in enumerate(FIELD_NAMES)
-        }
+
+        if not self.jacobian:
+            return field_array("K")
+        return {name: field_array(name) for name in FIELD_NAMES}
 
     # ---- integrity -------------------------------------------------------------------------
 
@@ -753,16 +781,20 @@ def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values,
     tile, n = meta["tile"], meta["n"]
     ri = slice(i * tile, min(n, (i + 1) * tile))
     rj = slice(j * tile, min(n, (j + 1) * tile))
-    v = np.asarray(values).astype(meta["dtype"])
+    v = np.array(values, dtype=meta["dtype"])
     if v.ndim == 2:
-        arrays["K"][ri, rj] = v
+        writes = [("K", (ri, rj), v)]
     else:
-        for name in STORED_FIELDS:
-            arrays[name][ri, rj] = v[FIELD_NAMES.index(name)]
+        index = FIELD_NAMES.index
+        if i == j:
+            # A diagonal tile stores K_q and K_pq only; K_r and K_pr are read back as their
+            # transposes (equal up to rounding on the diagonal), so record exactly that.
+            v[index("K_r")], v[index("K_pr")] = v[index("K_q")].T, v[index("K_pq")].T
+        writes = [(name, (ri, rj), v[index(name)]) for name in STORED_FIELDS]
         if i != j:
-            arrays["K_q"][rj, ri] = v[FIELD_NAMES.index("K_r")].T
-            arrays["K_pq"][rj, ri] = v[FIELD_NAMES.index("K_pr")].T
-    arrays["manifest"][i, j] = field_digests(v)
+            writes += [("K_q", (rj, ri), v[index("K_r")].T), ("K_pq", (rj, ri), v[index("K_pr")].T)]
+    run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x in writes])
+    arrays["manifest"][i, j] = field_digests(v)  # last: the tile is done
     return int(v.nbytes)
 
 
