@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     import neural_tangents
 
     hello = {"library": "neural-tangents", "version": neural_tangents.__version__}
-    hello["jax"] = jax.__version__
+    hello.update(jax=jax.__version__, rss_mib=peak_rss_mib())
     print("@@ " + json.dumps(hello), flush=True)
     cache: dict = {}
     for line in sys.stdin:
