@@ -846,6 +846,7 @@ def render(records: list[dict], versions: dict, args) -> str:
     if "expm" in by_task:
         lines += ["### Matrix-exponential actions vs SciPy", ""]
         lines += render_expm(by_task["expm"], args)
+    lines += render_goals(by_task)
     profiled = [r for r in by_task.get("scalar", []) if "parts" in r.get("profile", {})]
     if profiled:
         lines += [
@@ -869,6 +870,74 @@ def render(records: list[dict], versions: dict, args) -> str:
     if getattr(args, "not_run", None):
         lines += ["### Not run", ""] + [f"- {s}" for s in args.not_run] + [""]
     return "\n".join(lines)
+
+
+def _speedup(rec: dict, peer_key: str, jac_key: str) -> float | None:
+    try:
+        return rec["peer"]["seconds"][peer_key] / rec["jacntk"]["seconds"][jac_key]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
+    """Issue 7's targets, each marked met / MISSED / not measured from the recorded rows."""
+
+    def verdict(values: list, ok) -> str:
+        if not values:
+            return "not measured"
+        return "met" if all(ok(v) for v in values) else "**MISSED**"
+
+    lines = ["### Goals (issue 7)", ""]
+    scalar = [r for r in by_task.get("scalar", []) if r["N"] == 10000 and r["dtype"] == "float64"]
+    sp = [(r["act"], r["d"], _speedup(r, "nngp+ntk", "ntk")) for r in scalar]
+    sp = [x for x in sp if x[2] is not None]
+    lines.append(
+        "- jacntk >= 4x faster than neural-tangents on the scalar NTK at N = 10,000 (float64): "
+        + verdict([x[2] for x in sp], lambda v: v >= 4)
+        + ("" if not sp else " (" + ", ".join(f"{a} d={d}: {v:.1f}x" for a, d, v in sp) + ")")
+    )
+    jac = by_task.get("jacobian", [])
+    js = [(r["d"], r["N"], _speedup(r, "extrapolated", "fields")) for r in jac]
+    js = [x for x in js if x[2] is not None]
+    jd = [(r["d"], r["N"], _speedup(r, "extrapolated", "fields+dense")) for r in jac]
+    jd = [x for x in jd if x[2] is not None]
+    lines.append(
+        "- >= 20x on the Jacobian-augmented kernel, structured fields: "
+        + verdict([x[2] for x in js], lambda v: v >= 20)
+        + ("" if not js else " (" + ", ".join(f"d={d} N={n}: {v:.1f}x" for d, n, v in js) + ")")
+    )
+    lines.append(
+        "- >= 20x on the Jacobian-augmented kernel, dense matrix: "
+        + verdict([x[2] for x in jd], lambda v: v >= 20)
+        + ("" if not jd else " (" + ", ".join(f"d={d} N={n}: {v:.1f}x" for d, n, v in jd) + ")")
+    )
+    f64 = [r for r in by_task.get("scalar", []) if r["dtype"] == "float64" and "max_rel_diff" in r]
+    worst = [max(r["max_rel_diff"]["nngp_offdiag"], r["max_rel_diff"]["ntk_offdiag"]) for r in f64]
+    lines.append(
+        "- scalar values agree to <= 1e-10 in float64 (off the ReLU diagonal, see above): "
+        + verdict(worst, lambda v: v <= 1e-10)
+        + (f" (worst {max(worst):.1e})" if worst else "")
+    )
+    f32 = [r for r in by_task.get("scalar", []) if r["dtype"] == "float32" and "max_rel_diff" in r]
+    worst = [max(r["max_rel_diff"]["nngp_offdiag"], r["max_rel_diff"]["ntk_offdiag"]) for r in f32]
+    lines.append(
+        "- scalar values agree to <= 1e-5 in float32 (off the ReLU diagonal): "
+        + verdict(worst, lambda v: v <= 1e-5)
+        + (f" (worst {max(worst):.1e})" if worst else "")
+    )
+    blocks = [r["max_rel_diff"]["blocks"] for r in jac if "max_rel_diff" in r]
+    lines.append(
+        "- Jacobian blocks agree to <= 1e-10 (float64): "
+        + verdict(blocks, lambda v: v <= 1e-10)
+        + (f" (worst {max(blocks):.1e})" if blocks else "")
+    )
+    dyn = [r["max_rel_diff"]["values"] for r in by_task.get("dynamics", []) if "max_rel_diff" in r]
+    lines.append(
+        "- dynamics predictions agree to <= 1e-6: "
+        + verdict(dyn, lambda v: v <= 1e-6)
+        + (f" (worst {max(dyn):.1e})" if dyn else "")
+    )
+    return lines + [""]
 
 
 def plot(records: list[dict], path: Path) -> None:
