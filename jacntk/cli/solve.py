@@ -1,0 +1,198 @@
+"""``jacntk solve``: kernel regression / training dynamics from a stored Gram matrix."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "solve",
+        help="train the infinite-width network on a stored Gram (CG / Lanczos)",
+        description="Predictions of the infinite-width network trained (with optional Jacobian "
+        "regularisation) on the points of a Gram store, at the given training times "
+        "(t = inf by default: kernel regression).  Prints one progress line per solver "
+        "iteration on stderr.  Without --test, predictions are made at the training points.",
+    )
+    p.add_argument("store", metavar="STORE", help="Gram store (path or URL), complete")
+    p.add_argument("--targets", required=True, metavar="Y.npy", help="(N,) or (N, k) targets")
+    p.add_argument(
+        "--one-hot",
+        action="store_true",
+        help="targets are integer class labels: regress on centred one-hot vectors and report "
+        "accuracy",
+    )
+    p.add_argument("--jacobian-reg", type=float, default=0.0, metavar="LAM", help="lam >= 0")
+    p.add_argument(
+        "--time",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="training times (gradient flow; 'inf' allowed; default inf)",
+    )
+    p.add_argument(
+        "--steps", type=int, nargs="+", default=None, metavar="K", help="gradient-descent steps"
+    )
+    p.add_argument("--learning-rate", type=float, default=1.0, metavar="ETA")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="EPS", help="ridge on B")
+    p.add_argument("--test", metavar="X.npy", help="test points (default: the training points)")
+    p.add_argument("--test-targets", metavar="Y.npy", help="report accuracy / RMSE on the test set")
+    p.add_argument("--gradients", action="store_true", help="also predict input gradients")
+    p.add_argument("--tol", type=float, default=1e-8, help="relative tolerance (default 1e-8)")
+    p.add_argument("--maxiter", type=int, default=None)
+    p.add_argument(
+        "--preconditioner", choices=("block-jacobi", "nystrom", "none"), default="block-jacobi"
+    )
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the results")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    from jacntk.cluster import add_cluster_arguments
+
+    add_cluster_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _load_array(path: str, name: str) -> np.ndarray:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{name} file {path!r} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {name} file {path!r} as .npy: {exc}") from None
+
+
+def one_hot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Centred one-hot targets ``e_y - 1/K`` (n, K) from integer labels."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError("--one-hot needs a 1-D array of non-negative integer class labels")
+    k = int(labels.max()) + 1 if n_classes is None else n_classes
+    Y = np.full((labels.size, k), -1.0 / k)
+    Y[np.arange(labels.size), labels] += 1.0
+    return Y
+
+
+class _Progress:
+    """One line per solver iteration on stderr."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self, iteration, measure):
+        worst = float(np.max(measure)) if np.size(measure) else 0.0
+        print(
+            f"solve: iteration {iteration}: max residual/error {worst:.3e} "
+            f"({time.perf_counter() - self.t0:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from jacntk.cluster import get_client, options_from_args
+    from jacntk.dynamics import (
+        _check_targets,
+        cross_product,
+        solve_coefficients,
+        training_system,
+    )
+    from jacntk.store import GramStore
+    from jacntk.validation import as_points
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.jacobian_reg < 0 or not math.isfinite(args.jacobian_reg):
+        raise ValueError(f"--jacobian-reg must be >= 0, got {args.jacobian_reg}")
+    if args.time is not None and args.steps is not None:
+        raise ValueError("give --time or --steps, not both")
+    times = args.time if args.time is not None else ([math.inf] if args.steps is None else None)
+    if times is not None and any(not (t >= 0) for t in times):
+        raise ValueError(f"--time values must be >= 0 (inf allowed), got {times}")
+    store = GramStore.open(args.store)
+    raw = _load_array(args.targets, "--targets")
+    y = one_hot(raw) if args.one_hot else np.asarray(raw, dtype=np.float64)
+    X_test = as_points(_load_array(args.test, "--test"), "--test") if args.test else None
+    y_test = _load_array(args.test_targets, "--test-targets") if args.test_targets else None
+    use_cluster = bool(args.scheduler or args.scheduler_file or args.workers)
+    progress = _Progress()
+    with get_client(options_from_args(args)) if use_cluster else contextlib.nullcontext() as client:
+        system = training_system(
+            None,
+            store,
+            jacobian_reg=args.jacobian_reg,
+            jitter=args.jitter,
+            learning_rate=args.learning_rate,
+            client=client,
+        )
+        y = _check_targets(y, system.n)
+        n, b = system.n, system.block
+        Y = y.reshape(n, -1)
+        R = np.zeros((n, b, Y.shape[1]))
+        R[:, 0] = Y
+        print(
+            f"solve: {store.kind} of {store.arch}, N={n}, d={store.d}, lam={system.lam}, "
+            f"jitter={system.jitter}, c={system.c:.3e}, operator {system.operator}"
+            + (f" on {len(client.scheduler_info()['workers'])} workers" if client else ""),
+            file=sys.stderr,
+        )
+        coef = solve_coefficients(
+            system,
+            R.reshape(n * b, -1),
+            times=times,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            tol=args.tol,
+            maxiter=args.maxiter,
+            preconditioner=None if args.preconditioner == "none" else args.preconditioner,
+            callback=progress,
+        )
+        if X_test is not None:
+            pred = cross_product(system, X_test, coef.Z, gradients=args.gradients)
+        else:
+            T, _, k = coef.Z.shape
+            base = system.B.base  # Theta without jitter: F_t(X) = Theta D^{1/2} z
+            flat = base.matmat(coef.Z.transpose(1, 0, 2).reshape(n * b, T * k))
+            pred = flat.reshape(n, b, T, k).transpose(2, 0, 1, 3)
+            if not args.gradients:
+                pred = pred[:, :, :1]
+    values = pred[:, :, 0]
+    grads = pred[:, :, 1:] if pred.shape[2] > 1 else None
+    if Y.shape[1] == 1 and not args.one_hot and y.ndim == 1:
+        values = values[..., 0]
+        grads = None if grads is None else grads[..., 0]
+    ref = y_test if X_test is not None else (raw if args.one_hot else y)
+    for i, t in enumerate(coef.times):
+        line = f"t={t:g}:"
+        if ref is not None:
+            line += " " + _score(values[i], np.asarray(ref), args.one_hot)
+        print(line)
+    diag = {k: v for k, v in coef.diagnostics.items() if k != "cg_result"}
+    payload = {"times": coef.times, "values": values, "dual_coef": coef.Z}
+    if grads is not None:
+        payload["gradients"] = grads
+    payload["diagnostics"] = np.array(json.dumps(diag, default=str))
+    with open(out, "wb") as fh:
+        np.savez(fh, **payload)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _score(values: np.ndarray, ref: np.ndarray, classification: bool) -> str:
+    if classification:
+        if ref.shape[0] != values.shape[0]:
+            raise ValueError(f"--test-targets has {ref.shape[0]} rows for {values.shape[0]} points")
+        return f"accuracy {float(np.mean(values.argmax(axis=1) == ref)):.4f}"
+    ref = np.asarray(ref, dtype=np.float64)
+    if ref.size != values.size:
+        raise ValueError(f"--test-targets has shape {ref.shape}, predictions {values.shape}")
+    ref = ref.reshape(values.shape)
+    return f"rmse {float(np.sqrt(np.mean((values - ref) ** 2))):.4e}"

@@ -1,0 +1,242 @@
+"""``KernelRegressor``: the trained infinite-width network as a scikit-learn-style estimator.
+
+It follows scikit-learn's conventions (``fit`` returns ``self``, fitted attributes end in
+``_``, ``get_params``/``set_params`` mirror ``__init__``, ``score`` is R^2) without depending on
+scikit-learn, so it works in ``sklearn.model_selection`` tools when scikit-learn is installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+
+from .arch import MLP
+from .dynamics import (
+    _check_targets,
+    cross_product,
+    is_store,
+    solve_coefficients,
+    training_system,
+)
+from .validation import as_points
+
+
+class KernelRegressor:
+    """Kernel regression with the NTK/NNGP (or the Jacobian-regularised JNTK) of a deep MLP,
+    i.e. the prediction of the infinite-width network after training time ``time``
+    (math.md §4.4): ``f(x) = Theta(x, X) D^{1/2} phi_t(B) D^{1/2} Y`` (``B^+`` at ``time=None``).
+
+    Parameters
+    ----------
+    depth, activation, sigma_w, sigma_b, kappa
+        The architecture (:class:`jacntk.MLP`).
+    kind : {"ntk", "nngp", "ntk_truncated"}
+    jacobian_reg : float
+        ``lam >= 0``; with ``lam > 0`` the JNTK system (values and zero input gradients fitted).
+    time : float or None
+        Training time ``t`` (gradient flow); None or ``inf`` for the converged predictor.
+    learning_rate : float
+        ``eta`` in ``c = eta kappa^2 / N``.
+    jitter : float
+        Explicit ridge on ``B``.
+    store : str or None
+        Path or URL of a Gram store: ``fit`` assembles the training Gram there (or reuses a
+        complete store holding the same points, architecture and kind) and solves from it.
+    client : distributed.Client or None
+        Used for assembly and stored products.
+    tol, maxiter, preconditioner, tile, operator
+        Solver options (see :func:`jacntk.predict`).
+    """
+
+    def __init__(
+        self,
+        depth: int = 3,
+        activation: str = "erf",
+        sigma_w: float = 1.0,
+        sigma_b: float = 0.0,
+        kappa: float = 1.0,
+        kind: str = "ntk",
+        jacobian_reg: float = 0.0,
+        time: float | None = None,
+        learning_rate: float = 1.0,
+        jitter: float = 0.0,
+        store: str | None = None,
+        client=None,
+        tol: float = 1e-10,
+        maxiter: int | None = None,
+        preconditioner: str | None = "block-jacobi",
+        tile: int = 1024,
+        operator: str = "auto",
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.sigma_w = sigma_w
+        self.sigma_b = sigma_b
+        self.kappa = kappa
+        self.kind = kind
+        self.jacobian_reg = jacobian_reg
+        self.time = time
+        self.learning_rate = learning_rate
+        self.jitter = jitter
+        self.store = store
+        self.client = client
+        self.tol = tol
+        self.maxiter = maxiter
+        self.preconditioner = preconditioner
+        self.tile = tile
+        self.operator = operator
+
+    # ---- scikit-learn protocol -------------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Parameters of this estimator (the ``__init__`` arguments)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> KernelRegressor:
+        """Set parameters; unknown names raise ValueError."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for KernelRegressor; valid: {', '.join(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if defaults.get(k) is not v and defaults.get(k) != v
+        ]
+        return f"KernelRegressor({', '.join(changed)})"
+
+    # ---- fitting ---------------------------------------------------------------------------
+
+    @property
+    def arch(self) -> MLP:
+        return MLP(self.depth, self.activation, self.sigma_w, self.sigma_b, self.kappa)
+
+    def _times(self) -> list[float]:
+        t = np.inf if self.time is None else self.time
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not t >= 0:
+            raise ValueError(f"time must be a number >= 0 or None, got {self.time!r}")
+        return [float(t)]
+
+    def _training_input(self, X: np.ndarray):
+        if self.store is None:
+            return X
+        from .assembly import assemble
+        from .store import GramStore, fingerprint
+
+        jac = self.jacobian_reg > 0
+        if is_store(self.store):
+            store = self.store
+        else:
+            path = os.fspath(self.store)
+            store = None
+            try:
+                store = GramStore.open(path)
+            except FileNotFoundError:
+                pass
+            if store is None or not store.complete:
+                assemble(
+                    self.arch,
+                    X,
+                    path,
+                    kind=self.kind,
+                    jacobian=jac,
+                    client=self.client,
+                    progress=False,
+                )
+                store = GramStore.open(path)
+        if store.meta.get("fingerprint") not in (None, fingerprint(X)):
+            raise ValueError(
+                f"the store {store.location.url} holds a Gram of different points than X "
+                "(fingerprint mismatch); use a new store path"
+            )
+        if store.arch != self.arch or store.kind != self.kind:
+            raise ValueError(
+                f"the store {store.location.url} holds {store.kind} of {store.arch}, but the "
+                f"estimator asks for {self.kind} of {self.arch}"
+            )
+        return store
+
+    def fit(self, X, y) -> KernelRegressor:
+        """Solve for the dual coefficients on training inputs ``X`` (n, d), targets ``y``
+        (n,) or (n, k)."""
+        X = as_points(X, "X")
+        y = _check_targets(y, X.shape[0])
+        system = training_system(
+            self.arch,
+            self._training_input(X),
+            kind=self.kind,
+            jacobian_reg=self.jacobian_reg,
+            jitter=self.jitter,
+            learning_rate=self.learning_rate,
+            operator=self.operator,
+            tile=self.tile,
+            client=self.client,
+        )
+        n, b = X.shape[0], system.block
+        Y = y.reshape(n, -1)
+        R = np.zeros((n, b, Y.shape[1]))
+        R[:, 0] = Y
+        coef = solve_coefficients(
+            system,
+            R.reshape(n * b, -1),
+            times=self._times(),
+            learning_rate=self.learning_rate,
+            tol=self.tol,
+            maxiter=self.maxiter,
+            preconditioner=self.preconditioner,
+        )
+        self.system_ = system
+        self.dual_coef_ = coef.Z[0]
+        self.diagnostics_ = coef.diagnostics
+        self.n_features_in_ = X.shape[1]
+        self._multi = y.ndim == 2
+        return self
+
+    def _check_fitted(self, X) -> np.ndarray:
+        if not hasattr(self, "dual_coef_"):
+            raise ValueError("this KernelRegressor is not fitted yet; call fit(X, y) first")
+        X = as_points(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, the model was fitted with {self.n_features_in_}"
+            )
+        return X
+
+    def _cross(self, X, gradients: bool) -> np.ndarray:
+        out = cross_product(
+            self.system_, X, self.dual_coef_[None], gradients=gradients, tile=self.tile
+        )[0]
+        return out if self._multi else out[..., 0]
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted values, (n,) or (n, k)."""
+        return self._cross(self._check_fitted(X), gradients=False)[:, 0]
+
+    def predict_gradients(self, X) -> np.ndarray:
+        """Predicted input gradients, (n, d) or (n, d, k)."""
+        return self._cross(self._check_fitted(X), gradients=True)[:, 1:]
+
+    def score(self, X, y) -> float:
+        """Coefficient of determination R^2 (averaged uniformly over target columns)."""
+        pred = self.predict(X)
+        y = _check_targets(y, pred.shape[0]).reshape(pred.shape)
+        ss_res = ((y - pred) ** 2).sum(axis=0)
+        ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        r2 = 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
+        return float(np.mean(r2))
