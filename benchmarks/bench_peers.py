@@ -602,7 +602,8 @@ def planned_rows(grid: dict, args) -> list[tuple]:
                 for dtype in dtypes:
                     for n in sizes:
                         rows.append((task, n, d, act, dtype))
-    return rows
+    order = {task: k for k, task in enumerate(args.task)}
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))  # small sizes first
 
 
 # --------------------------------------------------------------------------------------------
@@ -655,6 +656,17 @@ def _errors(records: list[dict]) -> list[str]:
             if err:
                 notes.append(f"- `{row_key(rec)}` {lib}: {err[:400]}")
     return notes
+
+
+def missing_rows(records: list[dict]) -> dict[str, list[str]]:
+    """Rows of the full grid (issue 7) absent from ``records``, by task."""
+    done = {row_key(r) for r in records}
+    grid_args = argparse.Namespace(task=list(FULL), sizes=None, dims=None, acts=None, dtypes=None)
+    missing: dict[str, list[str]] = {}
+    for task, n, d, act, dtype in planned_rows(FULL, grid_args):
+        if "|".join(str(v) for v in (task, act, d, n, dtype)) not in done:
+            missing.setdefault(task, []).append(f"{act} d={d} N={n} {dtype}")
+    return missing
 
 
 def render(records: list[dict], versions: dict, args) -> str:
@@ -867,8 +879,11 @@ def render(records: list[dict], versions: dict, args) -> str:
     notes = _errors(records)
     if notes:
         lines += ["### Failures (recorded, not hidden)", ""] + notes + [""]
-    if getattr(args, "not_run", None):
-        lines += ["### Not run", ""] + [f"- {s}" for s in args.not_run] + [""]
+    missing = missing_rows(records)
+    if missing:
+        reason = getattr(args, "not_run", "") or "not run yet"
+        lines += ["### Rows of the full grid not run", "", f"Reason: {reason}", ""]
+        lines += [f"- {task}: " + ", ".join(keys) for task, keys in missing.items()] + [""]
     return "\n".join(lines)
 
 
@@ -1007,6 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--expm-tols", nargs="+", type=float, default=[1e-6, 1e-8, 1e-10, 1e-12, 1e-14]
     )
     parser.add_argument("--profile", action="store_true", help="profile jacntk's scalar rows")
+    parser.add_argument("--not-run-reason", default="", help="why grid rows are missing")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--no-peer", action="store_true", help="jacntk rows only")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
@@ -1040,7 +1056,8 @@ def main(argv=None) -> int:
     store = args.json or RESULTS_JSON
     records = json.loads(store.read_text()) if store.exists() else {}
     versions = records.pop("_versions", {})
-    args.not_run = records.pop("_not_run", [])
+    stored_reason = records.pop("_not_run", "")
+    args.not_run = args.not_run_reason or (stored_reason if isinstance(stored_reason, str) else "")
     grid = QUICK if args.quick else FULL
     if not args.render_only:
         for task, n, d, act, dtype in planned_rows(grid, args):
@@ -1061,11 +1078,7 @@ def main(argv=None) -> int:
             if "peer" in rec:
                 versions["peer"] = _peer_versions(args)
             if args.json or not args.no_write:
-                store.write_text(
-                    json.dumps(
-                        {"_versions": versions, "_not_run": args.not_run, **records}, indent=1
-                    )
-                )
+                records, versions = save_record(store, rec, versions)
     body = render(list(records.values()), versions, args)
     if args.no_write:
         print(body)
@@ -1075,6 +1088,22 @@ def main(argv=None) -> int:
     write_section("peers", body)
     plot(list(records.values()), PLOT)
     return 0
+
+
+def save_record(store: Path, rec: dict, versions: dict) -> tuple[dict, dict]:
+    """Add ``rec`` to the JSON results store under a file lock, merging with what other runs
+    wrote meanwhile; returns the merged records and versions."""
+    import fcntl
+
+    with open(store.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.loads(store.read_text()) if store.exists() else {}
+        merged_versions = {**records.pop("_versions", {}), **versions}
+        not_run = records.pop("_not_run", "")
+        records[row_key(rec)] = rec
+        body = {"_versions": merged_versions, "_not_run": not_run, **records}
+        store.write_text(json.dumps(body, indent=1))
+    return records, merged_versions
 
 
 def _peer_versions(args) -> str:
