@@ -226,10 +226,15 @@ def serve_jacobian(req: dict, cache: dict) -> dict:
 def serve_dynamics(req: dict, cache: dict) -> dict:
     import jacntk
 
+    if hasattr(jacntk, "predict"):
+        predict = jacntk.predict
+    else:  # before the public re-export lands
+        from jacntk.dynamics import predict
+
     arch = _arch(req["arch"])
     X, y, Xt = (np.load(req[k]) for k in ("x", "y", "xt"))
     t0 = time.perf_counter()
-    result = jacntk.predict(
+    result = predict(
         arch,
         X,
         y,
@@ -244,7 +249,7 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
     if req.get("out"):
         np.save(req["out"], values)
     diag = {k: v if isinstance(v, (int, float, str)) else str(v)[:200]
-            for k, v in result.diagnostics.items()}  # fmt: skip
+            for k, v in result.diagnostics.items() if not k.endswith("_result")}  # fmt: skip
     return {"seconds": seconds, "diagnostics": diag}
 
 
