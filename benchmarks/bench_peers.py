@@ -960,42 +960,65 @@ def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def plot(records: list[dict], path: Path) -> None:
-    """Time and peak memory against N for both libraries (scalar rows, float64, erf; and the
-    Jacobian rows), one PNG."""
+def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
+    """Time and peak memory against N for both libraries, one PNG: scalar NTK (erf, float64)
+    on the left, Jacobian-augmented NTK on the right.  A neural-tangents row that failed (out
+    of memory under the cap) is drawn as an x at the cap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [
-        ("scalar", "ntk", "nngp+ntk", "Scalar NTK (erf, float64)"),
-        ("jacobian", "fields", "extrapolated", "Jacobian NTK (erf, float64)"),
-    ]
-    for col, (task, jac_key, peer_key, title) in enumerate(panels):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    series = {
+        "scalar": [("jacntk", "ntk", "o-", "jacntk NTK"), ("peer", "nngp+ntk", "s--", "NT")],
+        "jacobian": [
+            ("jacntk", "fields", "o-", "jacntk fields"),
+            ("jacntk", "fields+dense", "^:", "jacntk fields+dense"),
+            ("peer", "extrapolated", "s--", "NT autodiff (extrap.)"),
+        ],
+    }
+    for col, task in enumerate(("scalar", "jacobian")):
         recs = [r for r in records if r["task"] == task and r["dtype"] == "float64"]
         recs = [r for r in recs if r["act"] == "erf"]
-        for d in sorted({r["d"] for r in recs}):
+        for k, d in enumerate(sorted({r["d"] for r in recs})):
             rs = sorted((r for r in recs if r["d"] == d), key=lambda r: r["N"])
-            for lib, key, style in (("jacntk", jac_key, "o-"), ("peer", peer_key, "s--")):
-                label = f"{'jacntk' if lib == 'jacntk' else 'neural-tangents'} d={d}"
+            color = colors[k % len(colors)]
+            for lib, key, style, name in series[task]:
                 res = [(r["N"], r.get(lib, {})) for r in rs]
                 pts = [(n, x["seconds"][key]) for n, x in res if key in x.get("seconds", {})]
-                mem = [(n, x["peak_rss_mib"]) for n, x in res if "peak_rss_mib" in x]
-                for ax, xy in ((axes[0, col], pts), (axes[1, col], mem)):
-                    if xy:
-                        ax.loglog([p[0] for p in xy], [p[1] for p in xy], style, label=label)
-        axes[0, col].set_title(title + ": time")
-        axes[1, col].set_title(title + ": peak RSS")
-        axes[0, col].set_ylabel("seconds")
-        axes[1, col].set_ylabel("MiB")
-        for ax in axes[:, col]:
-            ax.set_xlabel("N")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=8)
-    fig.suptitle("jacntk vs neural-tangents (NT Jacobian time extrapolated from sampled pairs)")
+                if pts:
+                    axes[0, col].loglog(*np.transpose(pts), style, color=color,
+                                        label=f"{name} d={d}")  # fmt: skip
+                if key in ("ntk", "fields", "nngp+ntk", "extrapolated"):
+                    mem = [(n, x["peak_rss_mib"]) for n, x in res if "peak_rss_mib" in x]
+                    if mem:
+                        axes[1, col].loglog(*np.transpose(mem), style, color=color,
+                                            label=f"{name.split(' ')[0]} d={d}")  # fmt: skip
+                failed = [n for n, x in res if "error" in x]
+                if failed and cap_gib:
+                    for ax, y in ((axes[1, col], cap_gib * 1024),):
+                        ax.loglog(failed, [y] * len(failed), "x", color=color, markersize=10,
+                                  label=f"{name.split(' ')[0]} d={d} failed (cap)")  # fmt: skip
+            if task == "jacobian" and rs:
+                ns = np.array([r["N"] for r in rs], dtype=float)
+                axes[1, col].loglog(ns, (ns * (d + 1)) ** 2 * 8 / 2**20, ":", color=color,
+                                    alpha=0.5, label=f"dense matrix size d={d}")  # fmt: skip
+    axes[0, 0].set_title("Scalar NNGP+NTK Gram (erf, float64): time")
+    axes[1, 0].set_title("Scalar: peak RSS of each worker")
+    axes[0, 1].set_title("Jacobian-augmented NTK (erf, float64): time")
+    axes[1, 1].set_title("Jacobian: peak RSS (NT: sampled pairs only)")
+    for ax in axes.ravel():
+        ax.set_xlabel("N")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    for ax in axes[0]:
+        ax.set_ylabel("seconds")
+    for ax in axes[1]:
+        ax.set_ylabel("MiB")
+    fig.suptitle("jacntk vs neural-tangents (NT): same inputs, same machine")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1018,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dynamics-repeats", type=int, default=1)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--compare-rows", type=int, default=500)
-    parser.add_argument("--jacobian-pairs", type=int, default=1024)
+    parser.add_argument("--jacobian-pairs", type=int, default=4096)
     parser.add_argument("--dense-max-gib", type=float, default=2.0)
     parser.add_argument("--mem-limit-gib", type=float, default=12.0, help="0: no cap")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
@@ -1091,7 +1114,7 @@ def main(argv=None) -> int:
     from benchmarks.results import write_section
 
     write_section("peers", body)
-    plot(list(records.values()), PLOT)
+    plot(list(records.values()), PLOT, args.mem_limit_gib)
     return 0
 
 
