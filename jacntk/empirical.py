@@ -868,7 +868,8 @@ def train(
             grads.append(g)
         if step in ksteps:
             kernels.append(empirical_kernel(net, Xk, kind=kind, jacobian=True))
-        value, gw, gb = _loss_and_gradient(net, X, y, lam, grad=step < steps)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
+            value, gw, gb = _loss_and_gradient(net, X, y, lam, grad=step < steps)
         if not math.isfinite(value):
             raise ValueError(
                 f"training diverged at step {step} (loss {value}); learning_rate="
