@@ -61,6 +61,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from .arch import MLP, check_kind
 from .validation import as_pair, as_vector
@@ -325,14 +326,242 @@ def relu_stable_blocks(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> StableB
     return StableBlocks(coef, iso, u1, u2, kind)
 
 
+# ---------------------------------------------------------------------------------------------
+# Numba kernels: the same recursion per pair (``stable_recursion`` is their NumPy reference)
+
+
+@njit(cache=True)
+def _one_minus_j_scalar(t):
+    """Scalar ``_one_minus_j``."""
+    if t < _SERIES_THETA:
+        t2 = t * t
+        term = t
+        s3 = 0.0
+        sign = 1.0
+        for k in range(1, 10):
+            term = term * t2 / ((2 * k) * (2 * k + 1))
+            s3 += sign * 2 * k * term
+            sign = -sign
+    else:
+        s3 = math.sin(t) - t * math.cos(t)
+    sh = math.sin(0.5 * t)
+    return (2.0 * math.pi * sh * sh - s3) / math.pi
+
+
+@njit(cache=True)
+def _pair_recursion(
+    depth, omega, sb2, truncated, d, q, r, p, dd, qmr, xi1, xi1p, xi2p, C, T, A0, B0, W
+):
+    """One pair: fill ``C`` (NNGP) or ``T`` (truncated JNTK) with the 3x3 block on
+    ``(e0, u1, u2)``, return the isotropic coefficient (before ``kappa^2``).  ``W`` is a
+    (4, 3) work array for ``k1, k1', n2, n2'``."""
+    s = omega / d
+    alpha = 0.5 * omega
+    A0[0] = s * q + sb2
+    A0[1] = s * xi1
+    A0[2] = 0.0
+    B0[0] = s * r + sb2
+    B0[1] = s * xi1p
+    B0[2] = s * xi2p
+    for i in range(3):
+        for j in range(3):
+            C[i, j] = 0.0
+    C[0, 0] = s * p + sb2
+    C[0, 1] = s * xi1
+    C[1, 0] = s * xi1p
+    C[2, 0] = s * xi2p
+    C[1, 1] = s
+    C[2, 2] = s
+    iso = s
+    det = s * s * q * xi2p * xi2p + s * sb2 * dd
+    amb = s * qmr
+    tiso = iso
+    if truncated:
+        for i in range(3):
+            for j in range(3):
+                T[i, j] = C[i, j]
+    two_pi = 2.0 * math.pi
+    for _ in range(depth):
+        a = A0[0]
+        b = B0[0]
+        c = C[0, 0]
+        degenerate = a * b <= 0.0
+        sdet = math.sqrt(max(det, 0.0))
+        theta = math.atan2(sdet, c)
+        st = math.sin(theta)
+        ct = math.cos(theta)
+        if degenerate:
+            P = 0.25
+            ra = 1.0
+            rb = 1.0
+        else:
+            P = math.atan2(sdet, -c) / two_pi
+            ra = math.sqrt(a)
+            rb = math.sqrt(b)
+        w = omega * P
+        if degenerate:
+            for i in range(3):
+                for j in range(3):
+                    C[i, j] = w * C[i, j]
+        else:
+            for i in range(3):
+                W[0, i] = A0[i] / ra
+                W[1, i] = C[0, i] / ra
+            for i in range(3):
+                W[2, i] = C[i, 0] / rb - ct * W[0, i]
+                W[3, i] = B0[i] / rb - ct * W[1, i]
+            W[2, 0] = 0.0
+            cot = ct / st if st > _SIN_FLOOR else 0.0
+            for i in range(3):
+                for j in range(3):
+                    n = st * ct * (W[0, i] * W[1, j])
+                    n += st * (W[0, i] * W[3, j])
+                    n += st * (W[2, i] * W[1, j])
+                    n -= cot * (W[2, i] * W[3, j])
+                    C[i, j] = omega * (P * C[i, j] + n / two_pi)
+        C[0, 0] += sb2
+        iso = w * iso
+        if truncated:
+            for i in range(3):
+                for j in range(3):
+                    T[i, j] = C[i, j] + w * T[i, j]
+            tiso = iso + w * tiso
+        if degenerate:
+            det = 0.0
+        else:
+            m = _one_minus_j_scalar(theta)
+            det = (
+                alpha * alpha * a * b * m * (2.0 - m)
+                + alpha * sb2 * amb * amb / (ra + rb) ** 2
+                + 2.0 * alpha * sb2 * (ra * rb) * m
+            )
+        amb = alpha * amb
+        for i in range(3):
+            A0[i] = alpha * A0[i]
+            B0[i] = alpha * B0[i]
+        A0[0] += sb2
+        B0[0] += sb2
+    return tiso if truncated else iso
+
+
+@njit(cache=True, parallel=True)
+def dense_tile(depth, omega, sb2, kappa2, truncated, X1, X2, symmetric):
+    """Point-major ``(n1 (d+1), n2 (d+1))`` ReLU Jacobian NNGP / truncated JNTK of a tile.
+
+    Per pair: the basis of ``pair_basis`` in ``O(d)``, ``_pair_recursion`` in ``O(depth)``, and
+    the block ``E R E^T + iota (I - u1 u1^T - u2 u2^T)`` written in ``O(d^2)`` as
+    ``J_ab = u1_a s_b + u2_a t_b + iota delta_ab`` with ``s = (R11 - iota) u1 + R12 u2``,
+    ``t = R21 u1 + (R22 - iota) u2``.  ``symmetric`` (``X2 is X1``): only ``j >= i`` is computed
+    and block ``(j, i)`` is the transpose of block ``(i, j)``.
+    """
+    n1, d = X1.shape
+    n2 = X2.shape[0]
+    k = d + 1
+    out = np.empty((n1 * k, n2 * k))
+    for i in prange(n1):
+        u1 = np.empty(d)
+        u2 = np.empty(d)
+        delta = np.empty(d)
+        sv = np.empty(d)
+        tv = np.empty(d)
+        C = np.empty((3, 3))
+        T = np.empty((3, 3))
+        A0 = np.empty(3)
+        B0 = np.empty(3)
+        W = np.empty((4, 3))
+        q = 0.0
+        for a in range(d):
+            q += X1[i, a] * X1[i, a]
+        nx = math.sqrt(q)
+        for a in range(d):
+            u1[a] = X1[i, a] / nx if nx > 0.0 else 0.0
+        for j in range(i if symmetric else 0, n2):
+            r = 0.0
+            xd = 0.0
+            dd = 0.0
+            ud = 0.0
+            for a in range(d):
+                r += X2[j, a] * X2[j, a]
+                delta[a] = X2[j, a] - X1[i, a]
+                xd += X1[i, a] * delta[a]
+                dd += delta[a] * delta[a]
+                ud += u1[a] * delta[a]
+            proj = 0.0
+            for a in range(d):
+                u2[a] = delta[a] - ud * u1[a]
+                proj += u1[a] * u2[a]
+            nw2 = 0.0
+            for a in range(d):
+                u2[a] -= proj * u1[a]
+                nw2 += u2[a] * u2[a]
+            nw = math.sqrt(nw2)
+            for a in range(d):
+                u2[a] = u2[a] / nw if nw > 0.0 else 0.0
+            iso = _pair_recursion(
+                depth,
+                omega,
+                sb2,
+                truncated,
+                d,
+                q,
+                r,
+                q + xd,
+                dd,
+                -(2.0 * xd + dd),
+                nx,
+                nx + ud,
+                nw,
+                C,
+                T,
+                A0,
+                B0,
+                W,
+            )
+            R = T if truncated else C
+            iso *= kappa2
+            for a in range(3):
+                for b in range(3):
+                    R[a, b] *= kappa2
+            r0 = i * k
+            c0 = j * k
+            out[r0, c0] = R[0, 0]
+            for a in range(d):
+                out[r0, c0 + 1 + a] = R[0, 1] * u1[a] + R[0, 2] * u2[a]
+                out[r0 + 1 + a, c0] = R[1, 0] * u1[a] + R[2, 0] * u2[a]
+                sv[a] = (R[1, 1] - iso) * u1[a] + R[1, 2] * u2[a]
+                tv[a] = R[2, 1] * u1[a] + (R[2, 2] - iso) * u2[a]
+            for a in range(d):
+                for b in range(d):
+                    out[r0 + 1 + a, c0 + 1 + b] = u1[a] * sv[b] + u2[a] * tv[b]
+                out[r0 + 1 + a, c0 + 1 + a] += iso
+            if symmetric and j > i:
+                for a in range(k):
+                    for b in range(k):
+                        out[c0 + b, r0 + a] = out[r0 + a, c0 + b]
+    return out
+
+
 def relu_jacobian_kernel(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> np.ndarray:
     """Dense ReLU Jacobian NNGP / truncated JNTK, accurate for all pairs including ``x' ~ x``.
+
+    Numba (``dense_tile``; ``relu_stable_blocks(...).dense()`` is the NumPy reference).
 
     Returns
     -------
     (n1 (d+1), n2 (d+1)) float64, point-major (math.md §0.3).
     """
-    return relu_stable_blocks(arch, X1, X2, kind=kind).dense()
+    _check_relu(arch, kind, "relu_jacobian_kernel")
+    A, B, symmetric = as_pair(X1, X2)
+    return dense_tile(
+        arch.depth,
+        arch.sigma_w**2,
+        arch.sigma_b**2,
+        arch.kappa**2,
+        kind == "ntk_truncated",
+        A,
+        B,
+        symmetric,
+    )
 
 
 def hidden_angle_sines(arch: MLP, X1, X2=None) -> np.ndarray:

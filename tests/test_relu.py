@@ -440,3 +440,15 @@ def test_antipodal_pair_is_finite_and_continuous(rng, kind):
         assert np.abs(at - near).max() <= 1e-8 * scale
         if depth == 1:
             assert np.abs(at).max() <= 1e-15 * scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_numba_kernel_matches_numpy_reference(rng, kind):
+    arch = MLP(3, "relu", 1.2, 0.1, kappa=0.6)
+    X = _gram_with_near_pairs(rng, d=5)
+    X[5] = 0.0
+    Y = np.vstack([rng.standard_normal((2, 5)), X[0] + 1e-8])
+    for A, B in ((X, None), (X, Y)):
+        got = kernel(arch, A, B, kind=kind, jacobian=True)
+        ref = relu_stable_blocks(arch, A, B, kind=kind).dense()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14 * np.abs(ref).max())
