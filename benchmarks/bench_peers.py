@@ -1098,6 +1098,7 @@ def main(argv=None) -> int:
                     except WorkerError as exc:  # a worker failed to start
                         rec = _record(task, act=act, d=d, N=n, dtype=dtype)
                         rec["jacntk"] = {"error": str(exc)}
+            rec.update(load=list(os.getloadavg()), date=time.strftime("%H:%M"))
             print(json.dumps(rec), flush=True)
             records[row_key(rec)] = rec
             for lib, key in (("jacntk", "jacntk_rss"), ("peer", "peer_rss")):
@@ -1221,42 +1222,37 @@ def run_expm(args, n: int, d: int) -> dict:
 
 
 def render_expm(records: list[dict], args) -> list[str]:
-    """The expm table: SciPy, and jacntk at the loosest tolerance whose error is no larger than
-    SciPy's (or its tightest tolerance when none is)."""
+    """The expm table: SciPy's one run and jacntk's run at each tolerance, per N."""
     from benchmarks.results import table
 
     rows = []
     for r in sorted(records, key=lambda r: (r["d"], r["N"])):
         if "scipy" not in r:
             continue
-        runs = sorted(r["jacntk"].items(), key=lambda kv: -float(kv[0]))
-        equal = [kv for kv in runs if kv[1]["err"] <= r["scipy"]["err"]]
-        tol, j = equal[0] if equal else runs[-1]
         sp = r["scipy"]
         rows.append(
-            [
-                r["d"], r["N"], f"{r['seconds_eigh']:.3g}",
-                f"{sp['seconds']:.3g}", sp["matvecs"], f"{sp['err']:.1e}",
-                tol, f"{j['seconds']:.3g}", j["matvecs"], f"{j['err']:.1e}",
-                f"{sp['seconds'] / j['seconds']:.1f}x", _load(r),
-            ]
+            [r["d"], r["N"], f"{r['seconds_eigh']:.3g}", "scipy expm_multiply", "—",
+             f"{sp['seconds']:.3g}", sp["matvecs"], f"{sp['err']:.1e}", "1.0x", _load(r)]
         )  # fmt: skip
+        for tol, j in sorted(r["jacntk"].items(), key=lambda kv: -float(kv[0])):
+            rows.append(
+                [r["d"], r["N"], "", "jacntk lanczos_expm", tol, f"{j['seconds']:.3g}",
+                 j["matvecs"], f"{j['err']:.1e}", f"{sp['seconds'] / j['seconds']:.1f}x", ""]
+            )  # fmt: skip
     head = [
-        f"exp(-c t K) y with K the erf NTK Gram (depth {DEPTH}), c = 1/N, y the dynamics "
-        f"targets, 10 times t = {args.expm_tmax / 10:g} ... {args.expm_tmax:g} (evenly spaced, so "
-        "`expm_multiply` covers them in one call). Both use the same dense K as a counting "
-        "`LinearOperator`; error = max over t of |v - v_eigh| / |v_eigh| against `numpy.linalg."
-        "eigh`. jacntk runs `jacntk.solvers.lanczos_expm` at tolerances "
-        + ", ".join(f"{t:g}" for t in args.expm_tols)
-        + "; the row shows the loosest one whose error is no larger than SciPy's.",
+        f"exp(-c t K) y with K the erf NTK Gram (depth {DEPTH}, Fashion-MNIST), c = 1/N, y the "
+        f"dynamics targets, 10 times t = {args.expm_tmax / 10:g} ... {args.expm_tmax:g} (evenly "
+        "spaced, so `expm_multiply` covers them in one call). Both use the same dense K as a "
+        "counting `LinearOperator` (matvecs = products with vectors, SciPy's norm estimates "
+        "included); error = max over t of |v - v_eigh| / |v_eigh| against `numpy.linalg.eigh` "
+        "(whose own accuracy, ~1e-14 relative, is the floor of this column). Speed-up = SciPy "
+        "time / jacntk time.",
         "",
     ]
     return head + [
         table(
-            [
-                "d", "N", "eigh ref s", "scipy s", "scipy matvecs", "scipy err", "jacntk tol",
-                "jacntk s", "jacntk matvecs", "jacntk err", "ratio", "load",
-            ],
+            ["d", "N", "eigh ref s", "method", "tol", "s", "matvecs", "err vs eigh",
+             "speed-up", "load"],
             rows,
         )
     ]  # fmt: skip
