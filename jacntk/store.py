@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import json
 import math
 import os
 import uuid
@@ -159,7 +160,7 @@ class StoreLocation:
     """A store path or fsspec URL and the options of its file system (small, picklable)."""
 
     url: str
-    storage_options: tuple = ()
+    storage_options: str = "{}"  # JSON, so that the location hashes and pickles
 
     @classmethod
     def of(cls, path_or_url, storage_options: dict | None = None) -> StoreLocation:
@@ -172,15 +173,15 @@ class StoreLocation:
             if storage_options:
                 raise ValueError("storage_options apply only to URLs such as s3://bucket/path")
             url = os.path.abspath(url)
-        return cls(url, tuple(sorted((storage_options or {}).items())))
-
-    @property
-    def is_local(self) -> bool:
-        return "://" not in self.url or self.url.startswith("file://")
+        try:
+            options = json.dumps(storage_options or {}, sort_keys=True)
+        except TypeError as exc:
+            raise ValueError(f"storage_options must be JSON-serialisable: {exc}") from None
+        return cls(url, options)
 
     @property
     def options(self) -> dict:
-        return dict(self.storage_options)
+        return json.loads(self.storage_options)
 
     def zarr_store(self, read_only: bool):
         from zarr.storage import FsspecStore, LocalStore
@@ -193,7 +194,9 @@ class StoreLocation:
         """``(fsspec filesystem, root path)``."""
         from fsspec.core import url_to_fs
 
-        return url_to_fs(self.url, **self.options)
+        fs, root = url_to_fs(self.url, **self.options)
+        fs.invalidate_cache()  # listings may have changed (other writers)
+        return fs, root
 
     def exists(self) -> bool:
         fs, root = self.filesystem()
