@@ -32,6 +32,7 @@ After ``L`` steps every field is multiplied by ``kappa^2``.  Diagonal chain (§5
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +41,12 @@ from numba import njit, prange
 from .arch import MLP, check_kind
 from .moments import (
     ACT_CODES,
+    COLLINEAR_TOL,
     JETS,
     N_MOMENTS,
     NTK_JETS,
     SCALAR,
+    asin_and_cos,
     gaussian_moments,
     quadrature_step,
 )
@@ -257,6 +260,78 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h,
     return out
 
 
+_FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
+
+
+@njit(**_FAST)
+def _erf_layer_row(c, th, u2l, ui, omega, sb2):
+    """One erf layer for a row of pairs: a branch-free loop, so that LLVM vectorises it."""
+    for j in range(c.shape[0]):  # (a loop from 0: LLVM does not vectorise range(j0, n))
+        uij = ui * u2l[j]
+        asn, cs = asin_and_cos(2.0 * c[j] * uij)
+        cn = omega * (2.0 / math.pi) * asn + sb2
+        th[j] = cn + omega * (4.0 / math.pi) * uij / cs * th[j]  # unused by the NNGP
+        c[j] = cn
+
+
+@njit(**_FAST)
+def _relu_layer_row(c, th, u2l, ui, omega, sb2):
+    """One relu layer for a row of pairs: a branch-free loop, so that LLVM vectorises it."""
+    snap = 1.0 - 0.5 * COLLINEAR_TOL  # theta = 0 within COLLINEAR_TOL, as the field recursion
+    for j in range(c.shape[0]):  # (a loop from 0: LLVM does not vectorise range(j0, n))
+        uij = ui * u2l[j]
+        cosv = c[j] / uij if uij > 0.0 else 0.0
+        asn, sn = asin_and_cos(1.0 if cosv > snap else cosv)
+        pmt = 0.5 * math.pi + asn  # pi - theta
+        cn = omega * uij * (sn + pmt * cosv) / (2.0 * math.pi) + sb2
+        th[j] = cn + omega * pmt / (2.0 * math.pi) * th[j]  # unused by the NNGP
+        c[j] = cn
+
+
+@njit(cache=True, parallel=True)
+def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric):
+    """Scalar NNGP/NTK for erf (act 0) or relu (act 1), vectorised along rows.
+
+    erf:  with ``u_l = 1/sqrt(1 + 2 v_l)`` per point and ``x = 2 c u_l(i) u_l(j)``:
+          ``F00 = 2/pi asin(x)``, ``F11 = 4/pi u_l(i) u_l(j) / sqrt(1 - x^2)``.
+    relu: with ``u_l = sqrt(v_l)`` and ``cos(theta) = c / (u_l(i) u_l(j))``:
+          ``F00 = u_l(i) u_l(j) (sin(theta) + (pi - theta) cos(theta)) / (2 pi)``,
+          ``F11 = (pi - theta) / (2 pi)``.
+    Then ``S' = omega F00 + sigma_b^2`` and ``T' = S' + omega F11 T`` per layer.
+    The result is written into ``P`` (so memory is the output plus O(n d)) and returned.
+    """
+    n1, n2 = P.shape
+    out = P  # each row reads P[i, j0:] before writing it: the output overwrites P in place
+    u1 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v1) if act == 0 else np.sqrt(v1)).T)
+    u2 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v2) if act == 0 else np.sqrt(v2)).T)
+    n_rows = (n1 + 1) // 2 if symmetric else n1
+    ntk = kind != 0
+    for t in prange(n_rows):
+        c = np.empty(n2)
+        th = np.empty(n2)
+        for rep in range(2 if symmetric else 1):
+            i = np.int64(t)
+            if rep == 1:
+                if n1 - 1 - i == i:
+                    break
+                i = n1 - 1 - i
+            j0 = i if symmetric else 0
+            for j in range(j0, n2):
+                c[j] = omega * P[i, j] / d + sb2
+                th[j] = c[j]
+            for layer in range(depth):
+                if act == 0:
+                    _erf_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
+                else:
+                    _relu_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
+            res = th if ntk else c
+            for j in range(j0, n2):
+                out[i, j] = kappa2 * res[j]
+    if symmetric:
+        _mirror(out, out)
+    return out
+
+
 @njit(cache=True, parallel=True)
 def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric):
     """NNGP (kind 0) or NTK (kinds 1, 2) values for all pairs of a tile: shape (n1, n2)."""
@@ -373,6 +448,20 @@ def compute_tile(
             v2,
             vp2,
             plan.h,
+            symmetric,
+        )
+    if plan.act in (0, 1):
+        return _closed_form_scalar_tile(
+            plan.act,
+            plan.kind,
+            plan.depth,
+            plan.omega,
+            plan.sb2,
+            plan.kappa2,
+            P,
+            d,
+            v1,
+            v2,
             symmetric,
         )
     return scalar_tile(

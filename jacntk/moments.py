@@ -99,6 +99,45 @@ def activation_derivatives(act, u, out):
         out[4] = (-8.0 * u * u * u + 12.0 * u) * e
 
 
+# fdlibm's rational approximation of asin (e_asin.c), written branch-free so that loops over
+# pairs vectorise (SIMD) in the closed-form scalar tiles; accurate to a few ulp.
+_PS = (
+    1.66666666666666657415e-01,
+    -3.25565818622400915405e-01,
+    2.01212532134862925881e-01,
+    -4.00555345006794114027e-02,
+    7.91534994289814532176e-04,
+    3.47933107596021167570e-05,
+)
+_QS = (
+    -2.40339491173441421878e00,
+    2.02094576023350569471e00,
+    -6.88283971605453293030e-01,
+    7.70381505559019352791e-02,
+)
+
+
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def asin_and_cos(x):
+    """``(asin(x), sqrt(1 - x^2))`` for ``|x| <= 1`` without branches (vectorisable).
+
+    ``|x| < 1/2``: ``asin x = x + x R(x^2)``; otherwise with ``z = (1 - |x|)/2``, ``s = sqrt z``:
+    ``asin |x| = pi/2 - 2 (s + s R(z))``, where ``R`` is fdlibm's rational minimax function.
+    The cosine ``sqrt((1 - x)(1 + x))`` is cancellation-free near ``|x| = 1``.
+    """
+    ax = min(abs(x), 1.0)
+    big = ax >= 0.5
+    z = (1.0 - ax) * 0.5 if big else ax * ax
+    p = z * (_PS[0] + z * (_PS[1] + z * (_PS[2] + z * (_PS[3] + z * (_PS[4] + z * _PS[5])))))
+    q = 1.0 + z * (_QS[0] + z * (_QS[1] + z * (_QS[2] + z * _QS[3])))
+    r = p / q
+    s = math.sqrt(z)
+    small_val = ax + ax * r
+    big_val = 0.5 * math.pi - 2.0 * (s + s * r)
+    val = big_val if big else small_val
+    return (val if x >= 0.0 else -val), math.sqrt((1.0 - ax) * (1.0 + ax))
+
+
 @njit(cache=True)
 def _erf_moments(c, a, b, order, F):
     A = 1.0 + 2.0 * a

@@ -1,0 +1,188 @@
+"""Kernel throughput: scalar NTK+NNGP, the eight JNTK fields, and the structured product
+against materialising the dense augmented matrix.  Writes the "kernels" section of RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_kernels.py          # full sizes (N = 10,000)
+    .venv/bin/python benchmarks/bench_kernels.py --quick  # seconds, for a smoke run
+
+Each configuration runs in its own subprocess so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.results import table, write_section  # noqa: E402
+
+WORKER = r"""
+import json, resource, sys, time, statistics
+import numpy as np
+import jacntk
+from jacntk.fields import compute_tile
+cfg = json.loads(sys.argv[1])
+rng = np.random.default_rng(0)
+X = rng.standard_normal((cfg["n"], cfg["d"])) / np.sqrt(cfg["d"]) * 2.0
+arch = jacntk.MLP(cfg["depth"], cfg["activation"])
+mode = cfg["mode"]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def run():
+    if mode == "scalar":
+        for kind in ("nngp", "ntk"):
+            compute_tile(arch, X, kind=kind)
+    elif mode == "fields":
+        compute_tile(arch, X, kind="ntk", jacobian=True)
+compute_tile(arch, X[:64], kind="ntk", jacobian=(mode == "fields"))  # compile outside timing
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+times = []
+for _ in range(cfg["repeats"]):
+    t0 = time.perf_counter(); run(); times.append(time.perf_counter() - t0)
+if mode == "product":
+    F = jacntk.kernel_fields(arch, X, kind="ntk")
+    v = rng.standard_normal(cfg["n"] * (cfg["d"] + 1))
+    struct, dense = [], []
+    for _ in range(cfg["repeats"]):
+        t0 = time.perf_counter(); y1 = jacntk.structured_matmul(F, X, X, v)
+        struct.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); G = jacntk.augment(F, X); y2 = G @ v
+        dense.append(time.perf_counter() - t0)
+        del G
+    err = float(np.abs(y1 - y2).max() / np.abs(y2).max())
+    print(json.dumps({"struct": statistics.median(struct), "dense": statistics.median(dense),
+                      "err": err}))
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"median": statistics.median(times), "times": times,
+                      "extra_mib": (peak - base) / 1024}))
+"""
+
+
+def run_worker(cfg: dict, threads: int) -> dict:
+    env = dict(
+        os.environ,
+        NUMBA_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        OMP_NUM_THREADS=str(threads),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(cfg)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    threads = os.cpu_count() or 1
+    n_scalar, n_fields = (1000, 200) if args.quick else (10_000, 2_000)
+    repeats = 2 if args.quick else args.repeats
+    load = os.getloadavg()[0]
+
+    rows = []
+    for activation in ("erf", "relu"):
+        for d in (10, 784):
+            r = run_worker(
+                {
+                    "mode": "scalar",
+                    "n": n_scalar,
+                    "d": d,
+                    "depth": 3,
+                    "activation": activation,
+                    "repeats": repeats,
+                },
+                threads,
+            )
+            pairs = 2 * n_scalar**2  # NNGP and NTK, each n^2 pairs
+            target = 0.5 if d == 10 else 2.0
+            rows.append(
+                [
+                    f"NTK+NNGP {activation}",
+                    n_scalar,
+                    d,
+                    f"{r['median']:.3f}",
+                    f"{pairs / r['median']:.3g}",
+                    f"{r['extra_mib']:.0f} (2 outputs: {2 * 8 * n_scalar**2 / 2**20:.0f})",
+                    f"{target} s per kernel" if n_scalar == 10_000 else "-",
+                ]
+            )
+    for d in (10, 784):
+        r = run_worker(
+            {
+                "mode": "fields",
+                "n": n_fields,
+                "d": d,
+                "depth": 3,
+                "activation": "erf",
+                "repeats": repeats,
+            },
+            threads,
+        )
+        rows.append(
+            [
+                "JNTK 8 fields erf",
+                n_fields,
+                d,
+                f"{r['median']:.3f}",
+                f"{n_fields**2 / r['median']:.3g}",
+                f"{r['extra_mib']:.0f} (output: {8 * 8 * n_fields**2 / 2**20:.0f})",
+                "-",
+            ]
+        )
+    body = table(["what", "N", "d", "median s", "pairs/s", "peak extra MiB", "target"], rows)
+    body += (
+        f"\nDepth 3, sigma_w = 1, sigma_b = 0, float64, {threads} Numba threads, "
+        f"{repeats} repetitions (medians); inputs standardised to |x|^2 ~ 4. "
+        "'NTK+NNGP' times both kernels together (two Grams), so the per-kernel time is "
+        f"half.  Load average at start: {load:.1f}.\n\n"
+    )
+
+    prod_rows = []
+    for d, n in (
+        (10, 40 if args.quick else 300),
+        (100, 20 if args.quick else 100),
+        (784, 8 if args.quick else 16),
+    ):
+        r = run_worker(
+            {
+                "mode": "product",
+                "n": n,
+                "d": d,
+                "depth": 3,
+                "activation": "erf",
+                "repeats": repeats,
+            },
+            threads,
+        )
+        prod_rows.append(
+            [
+                d,
+                n,
+                n * (d + 1),
+                f"{r['struct'] * 1e3:.2f}",
+                f"{r['dense'] * 1e3:.1f}",
+                f"{r['dense'] / r['struct']:.0f}x",
+                f"{r['err']:.1e}",
+            ]
+        )
+    body += "Structured product (math.md §5.4) vs materialising the dense augmented matrix:\n\n"
+    body += table(
+        ["d", "N", "N(d+1)", "structured ms", "dense (form + matvec) ms", "ratio", "max rel. diff"],
+        prod_rows,
+    )
+    write_section("kernels", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
