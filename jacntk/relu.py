@@ -50,9 +50,23 @@ starting from ``a1 b1 - c1^2 = (omega/d)^2 |x|^2 |w|^2 + (omega/d) sigma_b^2 |x 
 ``a1 - b1 = -(omega/d) (x - x') . (x + x')``.  The truncated JNTK (math.md §5.9) is
 ``T^{l+1} = C^{l+1} + omega P T^l`` (3x3 and ``iota`` alike), ``T^1 = C^1``.
 
+``P`` is evaluated as ``atan2(sqrt(a b - c^2), -c) / (2 pi)``, accurate near ``theta = pi`` too
+(``x' ~ -x`` without bias, where the first layer's angle is ``pi``).
+
 At ``x' = x`` this reduces exactly to ``Sigma^{l+1}(x, x) = omega/2 Sigma^l(x, x) +
 sigma_b^2 e0 e0^T``.  Cost per pair: ``O(d)`` for the basis plus ``O(depth)``; writing a dense
 block costs ``O(d^2)``.
+
+Measured (tests/test_relu.py): against a 60-digit evaluation of the ``(p, q, r)`` recursion,
+``<= 6e-16`` of the kernel scale for ``x' = +-x + eps v``, ``eps = 1e-1 ... 1e-10``, depths 1-3
+(the field route: up to ``4e-7`` at ``eps ~ 1e-5``, and NaN / ZeroDivisionError at ``x' = -x``).
+
+Public pieces: :func:`relu_jacobian_kernel` (Numba ``dense_tile``, used by
+:func:`jacntk.kernel`), :func:`relu_stable_blocks` (NumPy reference, per-pair representation
+:class:`StableBlocks`), :func:`pair_basis`, :func:`stable_recursion`,
+:func:`hidden_angle_sines` (flags the pairs where the fields cancel) and
+:func:`relu_pair_matmul` (stable per-pair product, to correct the structured product of
+flagged pairs).
 """
 
 from __future__ import annotations

