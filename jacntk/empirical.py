@@ -812,9 +812,10 @@ def train(
     """Full-batch gradient descent on the Jacobian-regularised loss (math.md §0.4, §3).
 
     ``theta_{k+1} = theta_k - learning_rate lr_l dL/dtheta`` (``lr_l`` from ``net.scaling``, 1
-    in the NTK parametrisation), so ``k`` steps correspond to time ``t = learning_rate k`` of the
-    gradient flow and, in the infinite-width limit, to the discrete predictor ``psi_k`` with
-    ``c = learning_rate kappa^2 / N`` (math.md §4.4).
+    in the NTK parametrisation): the Euler scheme, with unit time step, of the gradient flow
+    ``theta' = -learning_rate grad L``.  In the infinite-width limit ``k`` steps give the discrete
+    predictor ``psi_k`` with ``c = learning_rate kappa^2 / N`` (math.md §4.4), i.e.
+    ``jacntk.predict(..., steps=[k])``, close to the flow at ``times=[k]`` for small ``c``.
 
     Parameters
     ----------
