@@ -452,3 +452,19 @@ def test_numba_kernel_matches_numpy_reference(rng, kind):
         got = kernel(arch, A, B, kind=kind, jacobian=True)
         ref = relu_stable_blocks(arch, A, B, kind=kind).dense()
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("sigma_b", (0.0, 0.4))
+def test_one_dimensional_inputs_match_finite_differences(sigma_b):
+    """d = 1: every pair is collinear or antipodal (u2 = 0); the field route fails here
+    (ZeroDivisionError at x' = -c x without bias)."""
+    X = np.array([[0.7], [-1.3], [2.1]])
+    for depth in DEPTHS:
+        arch = MLP(depth, "relu", 1.2, sigma_b)
+        G = kernel(arch, X, X.copy(), kind="nngp", jacobian=True).reshape(3, 2, 3, 2)
+        fd = _fd_blocks(arch, X, 1e-4)
+        for i in range(3):
+            for j in range(3):
+                if i != j:
+                    ref = fd[i, :, j, :]
+                    assert np.abs(G[i, :, j, :] - ref).max() <= 1e-6 * np.abs(ref).max()
