@@ -466,5 +466,6 @@ def test_one_dimensional_inputs_match_finite_differences(sigma_b):
         for i in range(3):
             for j in range(3):
                 if i != j:
-                    ref = fd[i, :, j, :]
-                    assert np.abs(G[i, :, j, :] - ref).max() <= 1e-6 * np.abs(ref).max()
+                    # kernel scale: at depth 1 without bias an antipodal block is exactly 0
+                    scale = math.sqrt(np.abs(G[i, :, i, :]).max() * np.abs(G[j, :, j, :]).max())
+                    assert np.abs(G[i, :, j, :] - fd[i, :, j, :]).max() <= 1e-6 * scale
