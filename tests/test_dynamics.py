@@ -155,7 +155,7 @@ def test_predict_from_gram_stores_equals_in_memory(data, tmp_path):
         assemble(ARCH, X, tmp_path / "k.zarr", kind="ntk", tile=6, client=client)
         assemble(ARCH, X, tmp_path / "j.zarr", kind="ntk", jacobian=True, tile=6, client=client)
     times = [1.0, float("inf")]
-    for path, lam in [("k.zarr", 0.0), ("j.zarr", 0.0), ("j.zarr", 0.05)]:
+    for path, lam in [("k.zarr", 0.0), ("j.zarr", 0.05)]:
         store = GramStore.open(tmp_path / path)
         p = predict(None, store, y, Xt, times=times, jacobian_reg=lam, jitter=1e-2, tol=1e-12)
         q = predict(ARCH, X, y, Xt, times=times, jacobian_reg=lam, jitter=1e-2, tol=1e-12)
