@@ -64,9 +64,9 @@ Measured (tests/test_relu.py): against a 60-digit evaluation of the ``(p, q, r)`
 Public pieces: :func:`relu_jacobian_kernel` (Numba ``dense_tile``, used by
 :func:`jacntk.kernel`), :func:`relu_stable_blocks` (NumPy reference, per-pair representation
 :class:`StableBlocks`), :func:`pair_basis`, :func:`stable_recursion`,
-:func:`hidden_angle_sines` (flags the pairs where the fields cancel) and
+:func:`hidden_angle_sines` (flags the pairs where the fields cancel),
 :func:`relu_pair_matmul` (stable per-pair product, to correct the structured product of
-flagged pairs).
+flagged pairs) and :func:`relu_projected_kernel` (stable projected blocks).
 """
 
 from __future__ import annotations
@@ -668,3 +668,57 @@ def relu_pair_matmul(arch: MLP, X1, X2, rows, cols, V, *, kind: str = "nngp") ->
         np.add.at(out, rows, contrib)
     out = out.reshape(n1 * (d + 1), -1)
     return out[:, 0] if vector else out
+
+
+def relu_projected_kernel(arch: MLP, X1, X2, U1, U2=None, *, kind: str = "nngp") -> np.ndarray:
+    """Projected ReLU blocks of size ``(1+p)`` (value and ``p`` directional derivatives per
+    point), stable for every pair: the ReLU counterpart of :func:`jacntk.projected_kernel`.
+
+    Entry ``(alpha, beta)`` of a pair's block is ``e_alpha^T Block e'_beta`` with ``e_0`` the
+    value and ``e_a = (0, u_a)``.  With ``y(u) = (u . u1, u . u2)``::
+
+        (0, u)^T Block (0, v) = iota u . v + y(u)^T (R[1:, 1:] - iota I_2) y(v)
+        (0, u)^T Block e0     = y(u) . R[1:, 0],        e0^T Block (0, v) = R[0, 1:] . y(v)
+
+    Parameters
+    ----------
+    U1 : (n1, p, d) or (p, d) directions of the points of X1; U2 likewise for X2 (defaults to
+        U1 when X2 is None).
+
+    Returns
+    -------
+    (n1 (1+p), n2 (1+p)) float64, point-major.  Cost O(n1 n2 p (d + p d)).
+    """
+    from .blocks import _check_directions  # the direction checks of the field route
+
+    blocks = relu_stable_blocks(arch, X1, X2, kind=kind)
+    A, B, _ = as_pair(X1, X2)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    U1 = _check_directions(U1, n1, d, "U1")
+    U2 = U1 if U2 is None and X2 is None else _check_directions(U2, n2, d, "U2")
+    if U1.shape[1] != U2.shape[1]:
+        raise ValueError(
+            f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
+        )
+    p = U1.shape[1]
+    R, iso, u1, u2 = blocks.coef, blocks.iso, blocks.u1, blocks.u2
+    y1 = np.stack(
+        [
+            np.broadcast_to(np.einsum("iad,id->ia", U1, u1)[:, None, :], (n1, n2, p)),
+            np.einsum("iad,ijd->ija", U1, u2),
+        ],
+        axis=-1,
+    )  # (n1, n2, p, 2): y(u_a) for the directions at x_i
+    y2 = np.stack(
+        [np.einsum("jbd,id->ijb", U2, u1), np.einsum("jbd,ijd->ijb", U2, u2)], axis=-1
+    )  # (n1, n2, p, 2): y(v_b) for the directions at x'_j
+    M = R[..., 1:, 1:] - iso[..., None, None] * np.eye(2)
+    G = np.empty((n1, 1 + p, n2, 1 + p))
+    G[:, 0, :, 0] = R[..., 0, 0]
+    G[:, 0, :, 1:] = np.einsum("ijs,ijbs->ijb", R[..., 0, 1:], y2)
+    G[:, 1:, :, 0] = np.einsum("ijas,ijs->iaj", y1, R[..., 1:, 0])
+    J = iso[:, :, None, None] * np.einsum("iad,jbd->ijab", U1, U2)
+    J += np.einsum("ijas,ijst,ijbt->ijab", y1, M, y2)
+    G[:, 1:, :, 1:] = J.transpose(0, 2, 1, 3)
+    return G.reshape(n1 * (1 + p), n2 * (1 + p))

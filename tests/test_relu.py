@@ -7,8 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from jacntk import MLP, KernelFields, augment, kernel, kernel_fields, structured_matmul
-from jacntk.relu import hidden_angle_sines, pair_basis, relu_pair_matmul, relu_stable_blocks
+from jacntk import (
+    MLP,
+    KernelFields,
+    augment,
+    coordinate_directions,
+    kernel,
+    kernel_fields,
+    random_directions,
+    structured_matmul,
+)
+from jacntk.relu import (
+    hidden_angle_sines,
+    pair_basis,
+    relu_pair_matmul,
+    relu_projected_kernel,
+    relu_stable_blocks,
+)
 
 DEPTHS = (1, 2, 3)
 SIGMAS = ((1.0, 0.0), (1.4, 0.3))
@@ -469,3 +484,31 @@ def test_one_dimensional_inputs_match_finite_differences(sigma_b):
                     # kernel scale: at depth 1 without bias an antipodal block is exactly 0
                     scale = math.sqrt(np.abs(G[i, :, i, :]).max() * np.abs(G[j, :, j, :]).max())
                     assert np.abs(G[i, :, j, :] - fd[i, :, j, :]).max() <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_projected_blocks_equal_dense_blocks_times_directions(rng, kind):
+    arch = MLP(2, "relu", 1.3, 0.2, kappa=0.9)
+    X = _gram_with_near_pairs(rng, d=4)
+    n, d = X.shape
+    U = random_directions(n, 2, d, seed=1)
+    dense = kernel(arch, X, kind=kind, jacobian=True).reshape(n, d + 1, n, d + 1)
+    E = np.zeros((n, d + 1, 3))  # per point: columns e0, (0, u_1), (0, u_2)
+    E[:, 0, 0] = 1.0
+    E[:, 1:, 1:] = U.transpose(0, 2, 1)
+    ref = np.einsum("iak,iajb,jbl->ikjl", E, dense, E).reshape(n * 3, n * 3)
+    got = relu_projected_kernel(arch, X, None, U, kind=kind)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14 * np.abs(ref).max())
+    Y = rng.standard_normal((3, d))
+    V = coordinate_directions(3, [0, 3], d)
+    cross = relu_projected_kernel(arch, X, Y, U, V, kind=kind)
+    full = kernel(arch, X, Y, kind=kind, jacobian=True).reshape(n, d + 1, 3, d + 1)
+    idx = [0, 1, 4]  # value, d/dx_0, d/dx_3
+    np.testing.assert_allclose(
+        cross.reshape(n, 3, 3, 3)[:, :, :, :],
+        np.einsum("iak,iajb->ikjb", E, full)[:, :, :, idx],
+        rtol=0,
+        atol=1e-14 * np.abs(full).max(),
+    )
+    with pytest.raises(ValueError, match="different numbers of directions"):
+        relu_projected_kernel(arch, X, Y, U, V[:, :1], kind=kind)
