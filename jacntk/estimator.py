@@ -110,6 +110,18 @@ class KernelRegressor:
             setattr(self, name, value)
         return self
 
+    _estimator_type = "regressor"  # scikit-learn < 1.6
+
+    def __sklearn_tags__(self):
+        """Estimator tags for scikit-learn >= 1.6 (imported only when scikit-learn asks)."""
+        from sklearn.utils import RegressorTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="regressor",
+            target_tags=TargetTags(required=True, single_output=False, multi_output=True),
+            regressor_tags=RegressorTags(),
+        )
+
     def __repr__(self) -> str:
         defaults = {
             p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
