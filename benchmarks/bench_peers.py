@@ -49,6 +49,7 @@ rows and writes nothing unless ``--json`` is given (the smoke test uses it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import queue
@@ -305,14 +306,15 @@ SERVE_OPS = {
 
 def serve() -> int:
     """The jacntk worker loop: JSON requests on stdin, ``@@ {json}`` replies on stdout."""
-    import resource
-
     import jacntk
 
-    def rss() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    spec = importlib.util.spec_from_file_location("nt_worker", PEER_WORKER)
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)  # stdlib only at import: reuse its peak_rss_mib (VmHWM)
+    rss = peer.peak_rss_mib
 
     hello = {"library": "jacntk", "version": jacntk.__version__, "rss_mib": rss()}
+    hello["rss_method"] = "VmHWM"
     print("@@ " + json.dumps(hello), flush=True)
     cache: dict = {}
     for line in sys.stdin:
@@ -458,6 +460,7 @@ def alternate(workers: dict, requests: dict, repeats: int) -> dict:
             extra = {k: v for k, v in reply.items() if k not in ("seconds", "peak_rss_mib")}
             out[lib].update(extra)
             out[lib]["import_rss_mib"] = worker.hello.get("rss_mib")
+            out[lib]["rss_method"] = worker.hello.get("rss_method", "ru_maxrss")
             if rep > 0 or repeats == 0:
                 out[lib]["times"].append(reply["seconds"])
     for res in out.values():
@@ -881,6 +884,19 @@ def render(records: list[dict], versions: dict, args) -> str:
                 f"{r['profile']['total']:.3g} s: {parts} (load {_load(r)})"
             )
         lines.append("")
+    old_rss = sorted(
+        row_key(r)
+        for r in records
+        if any(r.get(lib, {}).get("rss_method", "VmHWM") != "VmHWM" for lib in ("jacntk", "peer"))
+        and any("peak_rss_mib" in r.get(lib, {}) for lib in ("jacntk", "peer"))
+    )
+    if old_rss:
+        lines += [
+            "Peak memory of rows measured before the switch to VmHWM (ru_maxrss, which also "
+            "counts the harness's resident size at fork time, at most ~0.4 GiB here): "
+            + ", ".join(f"`{k}`" for k in old_rss),
+            "",
+        ]
     notes = _errors(records)
     if notes:
         lines += ["### Failures (recorded, not hidden)", ""] + notes + [""]

@@ -37,6 +37,15 @@ import time
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process image (VmHWM; ``ru_maxrss`` would include the
+    parent's resident size at fork time)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -166,7 +175,7 @@ def main(argv=None) -> int:
     import neural_tangents
 
     hello = {"library": "neural-tangents", "version": neural_tangents.__version__}
-    hello.update(jax=jax.__version__, rss_mib=peak_rss_mib())
+    hello.update(jax=jax.__version__, rss_mib=peak_rss_mib(), rss_method="VmHWM")
     print("@@ " + json.dumps(hello), flush=True)
     cache: dict = {}
     for line in sys.stdin:
