@@ -887,8 +887,10 @@ def render(records: list[dict], versions: dict, args) -> str:
     old_rss = sorted(
         row_key(r)
         for r in records
-        if any(r.get(lib, {}).get("rss_method", "VmHWM") != "VmHWM" for lib in ("jacntk", "peer"))
-        and any("peak_rss_mib" in r.get(lib, {}) for lib in ("jacntk", "peer"))
+        if any(
+            "peak_rss_mib" in r.get(lib, {}) and r[lib].get("rss_method") != "VmHWM"
+            for lib in ("jacntk", "peer")
+        )
     )
     if old_rss:
         lines += [
