@@ -301,6 +301,7 @@ class GramStore:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_group"] = None
+        state.pop("points", None)  # cached inputs: re-read where needed, never shipped
         return state
 
     def _array(self, name: str):
@@ -326,6 +327,13 @@ class GramStore:
     def points(self) -> np.ndarray:
         """The inputs X, (n, d) float64."""
         return np.ascontiguousarray(self._array("X")[...], dtype=np.float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the operator :meth:`matvec` applies: (n, n), or (n(d+1), n(d+1)) for a
+        Jacobian store (the augmented Gram, point-major)."""
+        m = self.n * (self.d + 1) if self.jacobian else self.n
+        return (m, m)
 
     @property
     def complete(self) -> bool:
@@ -422,7 +430,7 @@ class GramStore:
         from .blocks import augment
 
         X = self.points
-        return augment(F, X[r], X[c].copy())
+        return augment(F, X[r], X[c])
 
     def _gather(self, r: np.ndarray, c: np.ndarray, fields: bool) -> np.ndarray:
         """Entries (or all eight fields) at rows ``r`` x cols ``c``, tile by tile."""
@@ -488,8 +496,7 @@ class GramStore:
         Each upper tile ``T_IJ`` is read once and used twice: ``y_I += T_IJ v_J`` and, for
         ``I < J``, ``y_J += T_IJ^T v_I``.  Accumulates in float64.
         """
-        m = self.n * (self.d + 1) if self.jacobian else self.n
-        v = as_vector(v, m, "v")
+        v = as_vector(v, self.shape[0], "v")
         if v.ndim > 2:
             raise ValueError(f"v must be 1-D or 2-D, got shape {v.shape}")
         self._require(upper_tiles(self.n_tiles))
@@ -506,9 +513,9 @@ class GramStore:
                 continue
             bi = slice(si.start * w, si.stop * w)
             bj = slice(sj.start * w, sj.stop * w)
-            y[bi] += structured_matmul(T, X[si], X[sj].copy(), v[bj])
+            y[bi] += structured_matmul(T, X[si], X[sj], v[bj])
             if i != j:
-                y[bj] += structured_matmul(transpose_fields(T), X[sj], X[si].copy(), v[bi])
+                y[bj] += structured_matmul(transpose_fields(T), X[sj], X[si], v[bi])
         return y
 
     def field_tile(self, name: str, i: int, j: int) -> np.ndarray:

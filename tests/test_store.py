@@ -69,7 +69,7 @@ def test_scalar_store_queries_match_dense_kernel(client, points, tmp_path, rng):
         False,
         "float64",
     )
-    assert g.arch == ARCH and g.complete
+    assert g.arch == ARCH and g.complete and g.shape == (45, 45)
     np.testing.assert_array_equal(g.points, points)
     np.testing.assert_allclose(g.block(), K, rtol=0, atol=1e-12)
     rows, cols = [44, 0, 17, -1], slice(3, 40, 4)
@@ -89,6 +89,7 @@ def test_jacobian_store_materialises_point_major_blocks(client, points, tmp_path
     g = GramStore.open(tmp_path / "j.zarr")
     G = jacntk.kernel(ARCH, points, jacobian=True)
     w = points.shape[1] + 1
+    assert g.shape == G.shape == (45 * w, 45 * w)
     rows, cols = [40, 2, 33], [15, 16, 44, 0]
     want = G.reshape(45, w, 45, w)[rows][:, :, cols].reshape(len(rows) * w, len(cols) * w)
     np.testing.assert_allclose(g.block(rows, cols, jacobian=True), want, rtol=0, atol=1e-12)

@@ -159,12 +159,10 @@ def test_cli_verify_reports_a_corrupted_chunk(client, points, tmp_path):
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 3] ^= 0xFF
     chunk.write_bytes(bytes(raw))
-    v = jacntk_cli("verify", path, "--sample", 0, "--json")
+    v = jacntk_cli("verify", path, "--sample", 0)
     assert v.returncode == 1, v.stderr
-    report = json.loads(v.stdout)
-    assert [d["tile"] for d in report["damaged"]] == [[1, 3]]
-    text = jacntk_cli("verify", path, "--sample", 0)
-    assert "DAMAGED tile (1, 3)" in text.stdout and text.returncode == 1
+    damaged = [line for line in v.stdout.splitlines() if line.startswith("DAMAGED ")]
+    assert len(damaged) == 1 and damaged[0].startswith("DAMAGED tile (1, 3)"), v.stdout
 
 
 def test_cli_bad_input_is_a_clear_error_and_leaves_store_intact(jacobian_store, points, tmp_path):
