@@ -315,7 +315,7 @@ def _smooth_table(act, z, out):
 
 @dataclass
 class _Pass:
-    """Forward and backward stacks of one point set (see the module docstring)."""
+    """Forward stacks of one point set (see the module docstring)."""
 
     inputs: list  # A^{l-1}, l = 1..L+1: (N, k, n_{l-1}), k = d+1 or 1
     outputs: np.ndarray  # (N, k): kappa z^{L+1} stacked = (f, grad f)
