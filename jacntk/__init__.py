@@ -1,6 +1,7 @@
 """jacntk: infinite-width NNGP/NTK kernels and their Jacobian-augmented forms for deep MLPs."""
 
 from .arch import ACTIVATIONS, KINDS, MLP
+from .assembly import assemble
 from .blocks import (
     augment,
     coordinate_directions,
@@ -8,8 +9,11 @@ from .blocks import (
     random_directions,
     structured_matmul,
 )
+from .dynamics import Prediction, predict
+from .estimator import KernelRegressor
 from .fields import FIELD_NAMES, KernelFields, kernel_fields
 from .kernels import kernel
+from .store import GramStore
 
 __version__ = "0.1.0"
 
@@ -18,11 +22,16 @@ __all__ = [
     "FIELD_NAMES",
     "KINDS",
     "MLP",
+    "GramStore",
     "KernelFields",
+    "KernelRegressor",
+    "Prediction",
+    "assemble",
     "augment",
     "coordinate_directions",
     "kernel",
     "kernel_fields",
+    "predict",
     "projected_kernel",
     "random_directions",
     "structured_matmul",

@@ -41,6 +41,8 @@ from numba import njit, prange
 from .arch import MLP, check_kind
 from .moments import (
     ACT_CODES,
+    ALIGNED,
+    ANTIPODAL,
     COLLINEAR_TOL,
     JETS,
     N_MOMENTS,
@@ -139,8 +141,14 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
         b = vj[layer]
         aq = vpi[layer]
         br = vpj[layer]
-        collinear = gaussian_moments(act, S[0], a, b, order, h, F)
-        if collinear:
+        code = gaussian_moments(act, S[0], a, b, order, h, F)
+        if code == ANTIPODAL:
+            # ReLU at theta = pi: g' = -alpha g, so 1{g>0} 1{g'>0} = 0 and only the bias remains.
+            for k in range(8):
+                nS[k] = 0.0
+                D[k] = 0.0
+            nS[0] = sb2
+        elif code == ALIGNED:
             # ReLU at theta = 0: (g, grad g) at x and x' are perfectly correlated with the same
             # sign, so E[1{g>0} 1{g'>0} G G'^T] = E[G G'^T] / 2 and every jet scales by omega/2.
             for k in range(8):

@@ -29,6 +29,8 @@ ACT_CODES = {"erf": 0, "relu": 1, "gelu": 2, "tanh": 3, "softplus": 4, "silu": 5
 #: Test-only code: erf by quadrature, to measure the quadrature error against the closed forms.
 ERF_BY_QUADRATURE = 100
 N_MOMENTS = 10
+# What gaussian_moments returns: a generic pair, or a ReLU pair at theta = 0 or theta = pi.
+GENERIC, ALIGNED, ANTIPODAL = 0, 1, 2
 
 # ``order`` argument: which moments are needed.
 SCALAR = 0  # F00, F11
@@ -163,26 +165,28 @@ def _erf_moments(c, a, b, order, F):
 
 @njit(cache=True)
 def _relu_moments(c, a, b, order, F):
-    """ReLU closed forms (§5.9).  Returns True when the pair is collinear (sin(theta) ~ 0):
-    then F00, F11, F20, F02 hold their theta = 0 limits, the rest zeros, and the caller must use
-    the exact collinear recursion, because F22, F31, F13 are infinite there."""
+    """ReLU closed forms (§5.9).  Returns ``ALIGNED`` (theta = 0) or ``ANTIPODAL`` (theta = pi)
+    when ``sin(theta)`` vanishes within ``COLLINEAR_TOL``: then F00, F11, F20, F02 hold their
+    limits, the rest zeros, and the caller must use the exact collinear recursion, because
+    F22, F31, F13 are infinite there; otherwise ``GENERIC``."""
     ab = a * b
     if ab <= 0.0:
         F[0] = 0.0
         F[1] = 0.25
         for i in range(2, N_MOMENTS):
             F[i] = 0.0
-        return False
+        return GENERIC
     sab = math.sqrt(ab)
     det = ab - c * c
     cos_t = min(1.0, max(-1.0, c / sab))
-    collinear = det <= COLLINEAR_TOL * ab
-    if collinear and cos_t > 0.0:
-        F[0] = 0.5 * sab
-        F[1] = 0.5
-        for i in range(2, N_MOMENTS):
-            F[i] = 0.0  # F20 = F02 = 0 at theta = 0; the divergent ones are not used
-        return True
+    if det <= COLLINEAR_TOL * ab:
+        for i in range(N_MOMENTS):
+            F[i] = 0.0  # F20 = F02 = 0 at theta = 0 or pi; the divergent ones are not used
+        if cos_t > 0.0:  # theta = 0
+            F[0] = 0.5 * sab
+            F[1] = 0.5
+            return ALIGNED
+        return ANTIPODAL  # theta = pi: 1{u > 0} 1{u' > 0} = 0 almost surely
     sdet = math.sqrt(max(det, 0.0))
     theta = math.acos(cos_t)
     F[0] = (sdet + (math.pi - theta) * c) / (2.0 * math.pi)
@@ -274,18 +278,19 @@ def _quadrature_moments(act, c, a, b, order, h, F):
 
 @njit(cache=True)
 def gaussian_moments(act, c, a, b, order, h, F):
-    """Fill ``F`` (length 10) with the moments needed at ``order``; return the collinear flag.
+    """Fill ``F`` (length 10) with the moments needed at ``order``; return ``GENERIC``, or for
+    ReLU ``ALIGNED`` / ``ANTIPODAL`` at theta = 0 / pi (see ``_relu_moments``).
 
     ``act`` is an activation code from ``ACT_CODES``; ``h`` is the trapezoid step of quadrature
     activations (``QUADRATURE_STEP``; ignored by the closed forms).
     """
     if act == 0:
         _erf_moments(c, a, b, order, F)
-        return False
+        return GENERIC
     if act == 1:
         return _relu_moments(c, a, b, order, F)
     _quadrature_moments(act, c, a, b, order, h, F)
-    return False
+    return GENERIC
 
 
 def quadrature_step(act: int) -> float:

@@ -152,10 +152,11 @@ def reference_fields(
         a, b = v1[layer][:, None], v2[layer][None, :]
         aq, br = vp1[layer][:, None], vp2[layer][None, :]
         F = moments(act, S[""], a, b)
-        coll = np.zeros(P.shape, bool)
+        coll = anti = np.zeros(P.shape, bool)
         if act == "relu":
-            coll = (a * b - S[""] ** 2 <= COLLINEAR_TOL * a * b) & (S[""] > 0)
-            F = {k: np.where(coll, 0.0, v) for k, v in F.items()}
+            degenerate = a * b - S[""] ** 2 <= COLLINEAR_TOL * a * b
+            coll, anti = degenerate & (S[""] > 0), degenerate & (S[""] <= 0)
+            F = {k: np.where(degenerate, 0.0, v) for k, v in F.items()}
             F["00"] = np.where(coll, 0.5 * np.sqrt(a * b), F["00"])
             F["11"] = np.where(coll, 0.5, F["11"])
 
@@ -184,9 +185,8 @@ def reference_fields(
 
         nS = step(F)
         nS[""] = nS[""] + sb2
-        if coll.any():
-            for key in _JETS[1:]:
-                nS[key] = np.where(coll, 0.5 * om * S[key], nS[key])
+        for key in _JETS[1:]:  # theta = 0: every jet scales by omega / 2; theta = pi: zero
+            nS[key] = np.where(coll, 0.5 * om * S[key], np.where(anti, 0.0, nS[key]))
         if kind == "ntk" and "33" in F:
             up = {
                 "00": F["11"],

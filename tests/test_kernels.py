@@ -215,3 +215,18 @@ def test_mlp_is_frozen_hashable_and_round_trips():
     assert jacntk.MLP.from_dict(arch.to_dict()) == arch
     with pytest.raises(AttributeError):
         arch.depth = 4
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk_truncated"])
+@pytest.mark.parametrize("sigma_b", [0.0, 0.3])
+def test_relu_fields_agree_with_stable_blocks_incl_antipodal_and_near_pairs(kind, sigma_b, rng):
+    """The field route (used by stores and structured products) against the cancellation-free
+    ReLU blocks: exact at x' = x and x' = -x, and within 1e-6 for nearby pairs (math.md §5.9)."""
+    x = rng.standard_normal(4)
+    v = rng.standard_normal(4)
+    X = np.stack([x, -x, x + 1e-3 * v, x + 1e-5 * v, rng.standard_normal(4)])
+    arch = jacntk.MLP(3, "relu", sigma_w=1.3, sigma_b=sigma_b)
+    stable = jacntk.kernel(arch, X, kind=kind, jacobian=True)
+    from_fields = jacntk.augment(jacntk.kernel_fields(arch, X, kind=kind), X)
+    assert np.isfinite(from_fields).all()
+    assert rel_err(from_fields, stable) <= 1e-6
