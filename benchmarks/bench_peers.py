@@ -698,6 +698,16 @@ def render(records: list[dict], versions: dict, args) -> str:
         ),
         "",
     ]
+    loads = [r["load"][0] for r in records if "load" in r]
+    if loads:
+        lines += [
+            f"**Machine load.** 1-minute load average {min(loads):.1f}–{max(loads):.1f} on "
+            f"{os.cpu_count()} cores while these rows ran (median "
+            f"{statistics.median(loads):.1f}; other jobs were running). Absolute times are "
+            "inflated and noisy when the load exceeds the core count; the two libraries ran "
+            "alternately under the same load, so the ratios are the numbers to read.",
+            "",
+        ]
     by_task: dict[str, list[dict]] = {}
     for rec in records:
         by_task.setdefault(rec["task"], []).append(rec)
