@@ -49,6 +49,16 @@ def _worker_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _warm(arch, jacobian: bool) -> bool:
+    """Load (or compile) the tile kernels in a worker before timing."""
+    from jacntk.fields import compute_tile
+
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    compute_tile(arch, x, kind="ntk", jacobian=jacobian)
+    compute_tile(arch, x, x[:2].copy(), kind="ntk", jacobian=jacobian)
+    return True
+
+
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -73,25 +83,13 @@ def run_case(X, arch, *, jacobian: bool, tile: int, workers: int, folder: Path) 
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers, timeout=120)
-        # load the compiled kernels in every worker before timing (Numba cache)
-        small = assemble(
-            arch,
-            X[:8],
-            folder / "warm.zarr",
-            jacobian=jacobian,
-            tile=4,
-            client=client,
-            overwrite=True,
-            progress=False,
-        )
-        assert small.complete
+        client.run(_warm, arch, jacobian)  # compiled kernels loaded in every worker
         report = assemble(
             arch, X, path, jacobian=jacobian, tile=tile, client=client, progress=False
         )
         rss = client.run(_worker_peak_rss_mib)
     stored = _du(path)
     shutil.rmtree(path)
-    shutil.rmtree(folder / "warm.zarr", ignore_errors=True)
     n, d = X.shape
     edges = [min(tile, n - s) for s in range(0, n, tile)]
     gemm_flops = sum(
