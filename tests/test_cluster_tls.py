@@ -52,23 +52,22 @@ def _tls_options(certs, ca=None) -> list[str]:
     ]
 
 
+def _assemble(tmp_path, run, *options: str, n: int = 20):
+    """``jacntk assemble`` of ``n`` random points through the cluster's scheduler file;
+    returns ``(X, store, CompletedProcess)``."""
+    X = make_points(tmp_path / "X.npy", n=n, d=4)
+    store = tmp_path / "gram.zarr"
+    out = run_jacntk(
+        "assemble", tmp_path / "X.npy", "--out", store, "--tile", "16",
+        "--scheduler-file", run / "scheduler.json", *options,
+    )  # fmt: skip
+    return X, store, out
+
+
 def test_tls_scheduler_and_two_tls_workers_assemble_the_gram(tls_cluster, tmp_path):
     address, certs, _, run = tls_cluster
     assert address.startswith("tls://127.0.0.1:"), address
-    X = make_points(tmp_path / "X.npy", n=40, d=4)
-    store = tmp_path / "gram.zarr"
-    out = run_jacntk(
-        "assemble",
-        tmp_path / "X.npy",
-        "--out",
-        store,
-        "--tile",
-        "16",
-        "--scheduler-file",
-        run / "scheduler.json",
-        *_tls_options(certs),
-        "--json",
-    )
+    X, store, out = _assemble(tmp_path, run, *_tls_options(certs), "--json", n=40)
     assert out.returncode == 0, out.stderr
     assert '"workers": 2' in out.stdout, out.stdout  # both TLS workers were there
     assert_store_equals_kernel(store, X)
@@ -131,17 +130,7 @@ def test_client_certificate_from_another_ca_is_refused_by_the_scheduler(tls_clus
 
 def test_cli_with_another_cas_certificate_is_refused_and_computes_nothing(tls_cluster, tmp_path):
     _, certs, rogue, run = tls_cluster
-    make_points(tmp_path / "X.npy", n=20, d=3)
-    store = tmp_path / "gram.zarr"
-    out = run_jacntk(
-        "assemble",
-        tmp_path / "X.npy",
-        "--out",
-        store,
-        "--scheduler-file",
-        run / "scheduler.json",
-        *_tls_options(rogue, ca=certs / "ca.pem"),
-    )
+    _, store, out = _assemble(tmp_path, run, *_tls_options(rogue, ca=certs / "ca.pem"))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "jacntk assemble: error:" in out.stderr and "Traceback" not in out.stderr
     if store.exists():  # metadata may be written before connecting; no tile was computed
@@ -157,10 +146,6 @@ def test_cli_with_another_cas_certificate_is_refused_and_computes_nothing(tls_cl
 )
 def test_cli_without_certificate_gives_a_clear_error(tls_cluster, tmp_path):
     _, _, _, run = tls_cluster
-    make_points(tmp_path / "X.npy", n=20, d=3)
-    out = run_jacntk(
-        "assemble", tmp_path / "X.npy", "--out", tmp_path / "g.zarr", "--scheduler-file",
-        run / "scheduler.json",
-    )  # fmt: skip
+    _, _, out = _assemble(tmp_path, run)
     assert out.returncode == 2, out.stderr
     assert "--tls-ca" in out.stderr and "Traceback" not in out.stderr
