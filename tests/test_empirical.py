@@ -397,6 +397,13 @@ def test_bad_kernel_requests_are_rejected(small_net):
         E.WidthScaling(float("nan"))
     with pytest.raises(ValueError, match="theta must have length"):
         E.with_parameters(small_net, np.ones(3))
+    with pytest.raises(ValueError, match=r"reference shape \(3,\) does not match kernels \(2,\)"):
+        E.relative_drift(np.ones((4, 2)), reference=np.ones(3))
+    with pytest.raises(ValueError, match="reference kernel is zero"):
+        E.relative_drift(np.zeros((2, 3)))
+    np.testing.assert_allclose(
+        E.relative_drift([[1.0, 2.0], [1.0, 2.5], [0.0, 2.0]]), [0, 0.25, 0.5]
+    )
 
 
 def test_bad_training_input_is_rejected(small_net):
