@@ -126,6 +126,23 @@ def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, h, F):
     return t if kind != 0 else s
 
 
+@njit(cache=True, inline="always")
+def _gaussian_jets(omega, c, aq, br, m00, m11, m20, m02, m22, m31, m13, out):
+    """Jets of ``omega E[phi^(i) phi^(j)]`` by Price's theorem (math.md §5.5), given the seven
+    moments ``m_ij`` of that product and the jets ``c`` of the layer covariance."""
+    cp, cq, cr, cpp, cpq, cpr, cqr = c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+    out[0] = omega * m00
+    out[1] = omega * m11 * cp
+    out[2] = omega * (m11 * cq + 0.5 * m20 * aq)
+    out[3] = omega * (m11 * cr + 0.5 * m02 * br)
+    out[4] = omega * (m22 * cp * cp + m11 * cpp)
+    out[5] = omega * (m22 * cp * cq + 0.5 * m31 * cp * aq + m11 * cpq)
+    out[6] = omega * (m22 * cp * cr + 0.5 * m13 * cp * br + m11 * cpr)
+    out[7] = omega * (
+        m22 * cq * cr + 0.5 * m13 * cq * br + 0.5 * m31 * cr * aq + 0.25 * m22 * aq * br + m11 * cqr
+    )
+
+
 @njit(cache=True)
 def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T, nS, D):
     """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T."""
@@ -157,38 +174,14 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
             nS[0] = omega * F[0] + sb2
             D[0] = 0.5 * omega
         else:
-            F00, F11, F20, F02, F22, F31, F13 = F[0], F[1], F[2], F[3], F[4], F[5], F[6]
-            cp, cq, cr, cpp, cpq, cpr, cqr = S[1], S[2], S[3], S[4], S[5], S[6], S[7]
-            nS[0] = omega * F00 + sb2
-            nS[1] = omega * F11 * cp
-            nS[2] = omega * (F11 * cq + 0.5 * F20 * aq)
-            nS[3] = omega * (F11 * cr + 0.5 * F02 * br)
-            nS[4] = omega * (F22 * cp * cp + F11 * cpp)
-            nS[5] = omega * (F22 * cp * cq + 0.5 * F31 * cp * aq + F11 * cpq)
-            nS[6] = omega * (F22 * cp * cr + 0.5 * F13 * cp * br + F11 * cpr)
-            nS[7] = omega * (
-                F22 * cq * cr
-                + 0.5 * F13 * cq * br
-                + 0.5 * F31 * cr * aq
-                + 0.25 * F22 * aq * br
-                + F11 * cqr
-            )
-            D[0] = omega * F11
+            # S' from (F00, F11, F20, F02, F22, F31, F13); Sdot' from the same with every
+            # moment index raised by (1, 1): (F11, F22, F31, F13, F33, F42, F24).
+            _gaussian_jets(omega, S, aq, br, F[0], F[1], F[2], F[3], F[4], F[5], F[6], nS)
+            nS[0] += sb2
             if kind == 1:
-                F33, F42, F24 = F[7], F[8], F[9]
-                D[1] = omega * F22 * cp
-                D[2] = omega * (F22 * cq + 0.5 * F31 * aq)
-                D[3] = omega * (F22 * cr + 0.5 * F13 * br)
-                D[4] = omega * (F33 * cp * cp + F22 * cpp)
-                D[5] = omega * (F33 * cp * cq + 0.5 * F42 * cp * aq + F22 * cpq)
-                D[6] = omega * (F33 * cp * cr + 0.5 * F24 * cp * br + F22 * cpr)
-                D[7] = omega * (
-                    F33 * cq * cr
-                    + 0.5 * F24 * cq * br
-                    + 0.5 * F42 * cr * aq
-                    + 0.25 * F33 * aq * br
-                    + F22 * cqr
-                )
+                _gaussian_jets(omega, S, aq, br, F[1], F[4], F[5], F[6], F[7], F[8], F[9], D)
+            else:
+                D[0] = omega * F[1]
         if kind == 1:
             t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
             T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
