@@ -86,6 +86,33 @@ def tile_product(tile_data: np.ndarray, X1, X2, V, directions=None) -> np.ndarra
     return structured_matmul(tile_data, X1, X2, V)
 
 
+def symmetric_product(tiles, slices, points, block: int, V, directions=None) -> np.ndarray:
+    """``G V`` for a symmetric Gram given by its upper tiles.
+
+    ``tiles`` yields ``(i, j, data)`` for ``i <= j`` (scalar ``(ti, tj)`` or fields
+    ``(8, ti, tj)``); tile ``(j, i)`` is applied as the transpose (``transpose_fields`` for
+    fields), so each upper tile is used twice: ``y_i += T_ij V_j``, ``y_j += T_ij^T V_i``.
+    ``slices[i]`` are the point indices of tile ``i``; ``points`` (N, d) are needed for fields.
+    """
+    out = np.zeros_like(V)
+
+    def pts(sl):
+        return None if points is None else points[sl]
+
+    def dirs(a, b):
+        return None if directions is None else (directions[a], directions[b])
+
+    for i, j, data in tiles:
+        si, sj = slices[i], slices[j]
+        ri = slice(si.start * block, si.stop * block)
+        rj = slice(sj.start * block, sj.stop * block)
+        out[ri] += tile_product(data, pts(si), pts(sj), V[rj], dirs(si, sj))
+        if j != i:
+            dataT = data.T if data.ndim == 2 else transpose_fields(data)
+            out[rj] += tile_product(dataT, pts(sj), pts(si), V[ri], dirs(sj, si))
+    return out
+
+
 class GramOperator(LinearOperator):
     """A symmetric Gram operator of ``n_points`` points with ``block`` rows per point.
 
@@ -221,27 +248,11 @@ class StructuredGram(GramOperator):
             self.cache[i, j] = data
         return data
 
-    def _dirs(self, i: int, j: int):
-        if self.directions is None:
-            return None
-        return self.directions[self.tiles[i]], self.directions[self.tiles[j]]
-
     def _matmat(self, V):
-        b = self.block
         V = _as_columns(V, self.shape[0])
-        out = np.zeros_like(V)
-        rows = [slice(s.start * b, s.stop * b) for s in self.tiles]
-        for i, si in enumerate(self.tiles):
-            Xi = self.points[si]
-            for j in range(i, len(self.tiles)):
-                sj = self.tiles[j]
-                Xj = self.points[sj]
-                data = self.tile_data(i, j)
-                out[rows[i]] += tile_product(data, Xi, Xj, V[rows[j]], self._dirs(i, j))
-                if j > i:
-                    dataT = data.T if data.ndim == 2 else transpose_fields(data)
-                    out[rows[j]] += tile_product(dataT, Xj, Xi, V[rows[i]], self._dirs(j, i))
-        return out
+        n_t = len(self.tiles)
+        upper = ((i, j, self.tile_data(i, j)) for i in range(n_t) for j in range(i, n_t))
+        return symmetric_product(upper, self.tiles, self.points, self.block, V, self.directions)
 
     def diagonal_fields(self):
         if not self.jacobian or self.directions is not None:
@@ -306,6 +317,10 @@ class StoredGram(GramOperator):
         Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
     values_only : bool
         For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
+    cache_mb : float
+        Without a client: if the stored upper tiles (as float64) take at most this many MiB,
+        they are read once, on the first product, and kept in memory; larger Grams are
+        streamed from the store on every product.
 
     Notes
     -----
@@ -313,7 +328,7 @@ class StoredGram(GramOperator):
     field tile through :func:`jacntk.structured_matmul`.
     """
 
-    def __init__(self, store, *, client=None, values_only: bool = False):
+    def __init__(self, store, *, client=None, values_only: bool = False, cache_mb: float = 1024.0):
         if not store.complete:
             missing = store.missing_tiles()
             raise ValueError(
@@ -332,9 +347,30 @@ class StoredGram(GramOperator):
         self.arch, self.kind = store.arch, store.kind
         block = 1 if self.values_only else store.d + 1
         super().__init__(store.n, block)
+        per_entry = 8 * (1 if self.values_only else 8)
+        self._cache = None
+        self.cached = client is None and store.n * (store.n + store.tile) / 2 * per_entry <= (
+            cache_mb * 2**20
+        )
+
+    def _upper_tiles(self):
+        """Upper tiles ``(i, j, float64 data)``, read once into memory."""
+        if self._cache is None:
+            n_t = self.store.n_tiles
+            cache = []
+            for i in range(n_t):
+                for j in range(i, n_t):
+                    data = np.asarray(self.store.tile_block(i, j), dtype=np.float64)
+                    cache.append((i, j, data[0] if self.values_only and data.ndim == 3 else data))
+            self._cache = cache
+        return self._cache
 
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
+        if self.cached:
+            slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
+            points = None if self.values_only else self.points
+            return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
         if self.client is None and not (self.values_only and self.store.jacobian):
             return self.store.matvec(V)  # each upper tile read once, used twice
         if self.client is None:

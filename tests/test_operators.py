@@ -117,9 +117,15 @@ def test_stored_gram_matches_in_memory_operators(stores, points, rng):
     scalar, fields = stores
     G = jacntk.kernel(ARCH, points, jacobian=True)
     V = rng.standard_normal((G.shape[0], 2))
-    assert rel(StoredGram(fields) @ V, G @ V) < 1e-13
-    assert rel(StoredGram(scalar) @ V[:37], G[::5, ::5] @ V[:37]) < 1e-13
-    assert rel(StoredGram(fields, values_only=True) @ V[:37], G[::5, ::5] @ V[:37]) < 1e-13
+    for cache_mb in (0.0, 1024.0):  # streamed from the store / read once and kept
+        op = StoredGram(fields, cache_mb=cache_mb)
+        assert op.cached == (cache_mb > 0)
+        assert rel(op @ V, G @ V) < 1e-13
+        assert rel(op @ V, G @ V) < 1e-13
+        values = G[::5, ::5] @ V[:37]
+        assert rel(StoredGram(scalar, cache_mb=cache_mb) @ V[:37], values) < 1e-13
+        only = StoredGram(fields, values_only=True, cache_mb=cache_mb)
+        assert rel(only @ V[:37], values) < 1e-13
     dense = DenseGram(G, 5)
     np.testing.assert_allclose(
         StoredGram(fields).diagonal_blocks(), dense.diagonal_blocks(), rtol=1e-13, atol=1e-15

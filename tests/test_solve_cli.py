@@ -1,0 +1,182 @@
+"""``jacntk solve`` run as a real subprocess on real Gram stores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jacntk
+from jacntk.assembly import assemble
+from jacntk.dynamics import predict
+from jacntk.store import GramStore
+
+ARCH = jacntk.MLP(2, "erf", sigma_b=0.2)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from distributed import Client, LocalCluster
+
+    root = tmp_path_factory.mktemp("solve")
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((30, 3))
+    Xt = rng.standard_normal((8, 3))
+    labels = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
+    np.save(root / "X.npy", X)
+    np.save(root / "Xt.npy", Xt)
+    np.save(root / "y.npy", np.sin(X[:, 0]))
+    np.save(root / "labels.npy", labels)
+    np.save(root / "labels_t.npy", (Xt[:, 0] > 0).astype(np.int64) + (Xt[:, 1] > 0))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assemble(ARCH, X, root / "k.zarr", tile=12, client=client)
+        assemble(ARCH, X, root / "j.zarr", jacobian=True, tile=12, client=client)
+    return root
+
+
+def solve(root, *args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jacntk", "solve", *map(str, args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_solve_matches_predict_with_progress_lines(workdir):
+    proc = solve(
+        workdir,
+        "j.zarr",
+        "--targets",
+        "y.npy",
+        "--jacobian-reg",
+        "0.1",
+        "--time",
+        "1",
+        "10",
+        "inf",
+        "--test",
+        "Xt.npy",
+        "--gradients",
+        "--jitter",
+        "1e-3",
+        "--tol",
+        "1e-12",
+        "--out",
+        "out.npz",
+    )
+    iterations = [line for line in proc.stderr.splitlines() if line.startswith("solve: iteration")]
+    assert len(iterations) >= 10
+    with np.load(workdir / "out.npz") as out:
+        values, grads, times = out["values"], out["gradients"], out["times"]
+        assert "jitter" in str(out["diagnostics"])
+    ref = predict(
+        None,
+        GramStore.open(workdir / "j.zarr"),
+        np.load(workdir / "y.npy"),
+        np.load(workdir / "Xt.npy"),
+        times=[1, 10, np.inf],
+        jacobian_reg=0.1,
+        jitter=1e-3,
+        tol=1e-12,
+    )
+    np.testing.assert_array_equal(times, [1, 10, np.inf])
+    np.testing.assert_allclose(values, ref.values, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(grads, ref.gradients, rtol=1e-8, atol=1e-12)
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["t=1", "t=10", "t=inf"]
+
+
+def test_solve_classification_on_a_distributed_cluster_reports_accuracy(workdir):
+    local = solve(
+        workdir,
+        "k.zarr",
+        "--targets",
+        "labels.npy",
+        "--one-hot",
+        "--time",
+        "5",
+        "inf",
+        "--test",
+        "Xt.npy",
+        "--test-targets",
+        "labels_t.npy",
+        "--jitter",
+        "1e-4",
+        "--out",
+        "local.npz",
+    )
+    dist = solve(
+        workdir,
+        "k.zarr",
+        "--targets",
+        "labels.npy",
+        "--one-hot",
+        "--time",
+        "5",
+        "inf",
+        "--test",
+        "Xt.npy",
+        "--test-targets",
+        "labels_t.npy",
+        "--jitter",
+        "1e-4",
+        "--out",
+        "dist.npz",
+        "--workers",
+        "1",
+    )
+    assert "on 1 workers" in dist.stderr
+    lines = local.stdout.splitlines()
+    assert lines[0].startswith("t=5: accuracy ") and lines[1].startswith("t=inf: accuracy ")
+    assert dist.stdout == local.stdout
+    with np.load(workdir / "local.npz") as a, np.load(workdir / "dist.npz") as b:
+        assert a["values"].shape == (2, 8, 3)
+        np.testing.assert_allclose(a["values"], b["values"], rtol=1e-8, atol=1e-12)
+
+
+def test_solve_refuses_bad_input_with_clear_errors(workdir):
+    np.save(workdir / "short.npy", np.zeros(29))
+    y_nan = np.sin(np.arange(30.0))
+    y_nan[4] = np.nan
+    np.save(workdir / "nan.npy", y_nan)
+    cases = [
+        (["k.zarr", "--targets", "short.npy"], r"y_train must have shape \(30,\)"),
+        (["k.zarr", "--targets", "nan.npy"], r"NaN or inf \(first at row 4\)"),
+        (["k.zarr", "--targets", "y.npy", "--time", "-1"], "--time values must be >= 0"),
+        (["k.zarr", "--targets", "y.npy", "--jacobian-reg", "-2"], "--jacobian-reg must be >= 0"),
+        (["k.zarr", "--targets", "y.npy", "--jacobian-reg", "0.1"], "holds the scalar ntk Gram"),
+        (["missing.zarr", "--targets", "y.npy"], "no Gram store"),
+    ]
+    for args, message in cases:
+        proc = solve(workdir, *args, "--out", "bad.npz", check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "jacntk solve: error:" in proc.stderr
+        assert __import__("re").search(message, proc.stderr), (message, proc.stderr)
+    assert not (workdir / "bad.npz").exists()
+
+
+def test_solve_refuses_incomplete_store_and_existing_output(workdir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(workdir / "k.zarr", broken)
+    broken.joinpath("manifest", "c", "0", "1", "0", "0").unlink()
+    proc = solve(workdir, broken, "--targets", "y.npy", "--out", tmp_path / "o.npz", check=False)
+    assert proc.returncode == 2 and "incomplete" in proc.stderr and "(0, 1)" in proc.stderr
+    (tmp_path / "exists.npz").write_bytes(b"keep me")
+    proc = solve(
+        workdir, "k.zarr", "--targets", "y.npy", "--out", tmp_path / "exists.npz", check=False
+    )
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (tmp_path / "exists.npz").read_bytes() == b"keep me"
