@@ -253,7 +253,8 @@ def test_sbatch_script_runs_scheduler_workers_and_jacntk_assemble_in_one_job(slu
     state = _wait_for_job(job, timeout=120)
     logs = "".join(p.read_text() for p in tmp_path.glob("job-*.log"))
     assert state == ("COMPLETED", "0:0"), (state, logs)
-    assert "computed 3 tiles" in logs and "complete" in logs, logs  # 2 x 2 tiles, upper half
+    # 2 x 2 tiles: the upper half is 3 tasks, run by both SLURM tasks' workers.
+    assert "computed 3 tiles" in logs and "complete" in logs and "by 2 workers" in logs, logs
     scheduler_log = (tmp_path / "run" / "scheduler.log").read_text()
     assert scheduler_log.count("Register worker") == 2, scheduler_log
     assert_store_equals_kernel(store, X)
