@@ -65,8 +65,11 @@ if [ -s "$run/scheduler.pid" ] && is_running "$(cat "$run/scheduler.pid")"; then
 fi
 case $host in
   127.*|localhost|::1) ;;
-  *) echo "start-local.sh: warning: listening on $host, not loopback: reachable from other" \
-       "machines${tls:+ (TLS)}${tls:- WITHOUT TLS -- anyone who connects can run code}" >&2 ;;
+  *)
+    if [ -n "$tls" ]; then risk="(TLS: only holders of a certificate from your CA can connect)"
+    else risk="WITHOUT TLS: anyone who can connect can run code (use --tls)"; fi
+    echo "start-local.sh: warning: listening on $host, not loopback, reachable from other" \
+      "machines $risk" >&2 ;;
 esac
 
 mkdir -p "$run/logs"
