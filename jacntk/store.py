@@ -263,6 +263,7 @@ class GramStore:
     meta: dict
     done: np.ndarray = field(repr=False)  # (n_tiles, n_tiles) bool, upper triangle
     _group: object = field(default=None, repr=False)
+    _arrays: dict = field(default_factory=dict, repr=False)
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -300,14 +301,17 @@ class GramStore:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_group"] = None
+        state["_group"], state["_arrays"] = None, {}
         state.pop("points", None)  # cached inputs: re-read where needed, never shipped
         return state
 
     def _array(self, name: str):
-        if self._group is None:
-            self._group = self.location.open_group("r")
-        return self._group[name]
+        """A Zarr array of the store (metadata read once per array)."""
+        if name not in self._arrays:
+            if self._group is None:
+                self._group = self.location.open_group("r")
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
 
     # ---- description -----------------------------------------------------------------------
 
@@ -443,15 +447,12 @@ class GramStore:
             ri = np.flatnonzero(tr == i)
             for j in tj_set:
                 cj = np.flatnonzero(tc == j)
-                T = self.tile_block(int(i), int(j))
-                if not self.jacobian:
-                    out[np.ix_(ri, cj)] = T[np.ix_(r[ri] - i * self.tile, c[cj] - j * self.tile)]
+                local = np.ix_(r[ri] - i * self.tile, c[cj] - j * self.tile)
+                if not fields:  # one chunk read per tile
+                    out[np.ix_(ri, cj)] = self.field_tile("K", int(i), int(j))[local]
                     continue
-                sub = T[:, r[ri, None] - i * self.tile, c[None, cj] - j * self.tile]
-                if fields:
-                    out[:, ri[:, None], cj[None, :]] = sub
-                else:
-                    out[np.ix_(ri, cj)] = sub[0]
+                T = self.tile_block(int(i), int(j))
+                out[:, ri[:, None], cj[None, :]] = T[:, local[0], local[1]]
         return out
 
     def row(self, i: int, jacobian: bool = False) -> np.ndarray:
@@ -471,7 +472,7 @@ class GramStore:
         self._require([(i, i) for i in range(self.n_tiles)])
         if not jacobian:
             return np.concatenate(
-                [np.diagonal(self._scalar_tile(i, i)) for i in range(self.n_tiles)]
+                [np.diagonal(self.field_tile("K", i, i)) for i in range(self.n_tiles)]
             )
         F = np.concatenate(
             [np.diagonal(self.tile_block(i, i), axis1=1, axis2=2) for i in range(self.n_tiles)],
@@ -483,10 +484,6 @@ class GramStore:
         out[:, 0] = K
         out[:, 1:] = Kp[:, None] + (Kpp + 2 * Kpq + 2 * Kpr + 4 * Kqr)[:, None] * X2
         return out.reshape(-1)
-
-    def _scalar_tile(self, i: int, j: int) -> np.ndarray:
-        T = self.tile_block(i, j)
-        return T[0] if self.jacobian else T
 
     def matvec(self, v) -> np.ndarray:
         """Gram (or augmented Gram) times ``v``, streaming one stored tile at a time.
