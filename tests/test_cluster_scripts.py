@@ -170,6 +170,22 @@ def test_start_local_rejects_bad_options(tmp_path, args, message):
 
 
 @needs_bash
+def test_start_local_warns_off_loopback_and_cleans_up_when_the_scheduler_cannot_start(tmp_path):
+    """192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails, no packet is sent.
+    Asking for a non-loopback address prints the warning; the failure leaves no process."""
+    run = tmp_path / "run"
+    out = run_script(
+        "start-local.sh", run, "--host", "192.0.2.1", "--port", "0", "--workers", "1",
+        "--timeout", "30",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "warning: listening on 192.0.2.1, not loopback" in out.stderr
+    assert "WITHOUT TLS" in out.stderr and "failed; logs are in" in out.stderr
+    assert "Cannot assign requested address" in (run / "logs" / "scheduler.log").read_text()
+    assert not list(run.glob("*.pid")), "PID files left behind"
+
+
+@needs_bash
 def test_stop_local_refuses_a_directory_without_a_cluster(tmp_path):
     out = run_script("stop-local.sh", tmp_path / "missing")
     assert out.returncode == 2 and "no such directory" in out.stderr
