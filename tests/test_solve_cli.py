@@ -98,44 +98,10 @@ def test_solve_matches_predict_with_progress_lines(workdir):
 
 
 def test_solve_classification_on_a_distributed_cluster_reports_accuracy(workdir):
-    local = solve(
-        workdir,
-        "k.zarr",
-        "--targets",
-        "labels.npy",
-        "--one-hot",
-        "--time",
-        "5",
-        "inf",
-        "--test",
-        "Xt.npy",
-        "--test-targets",
-        "labels_t.npy",
-        "--jitter",
-        "1e-4",
-        "--out",
-        "local.npz",
-    )
-    dist = solve(
-        workdir,
-        "k.zarr",
-        "--targets",
-        "labels.npy",
-        "--one-hot",
-        "--time",
-        "5",
-        "inf",
-        "--test",
-        "Xt.npy",
-        "--test-targets",
-        "labels_t.npy",
-        "--jitter",
-        "1e-4",
-        "--out",
-        "dist.npz",
-        "--workers",
-        "1",
-    )
+    args = "k.zarr --targets labels.npy --one-hot --time 5 inf --test Xt.npy".split()
+    args += "--test-targets labels_t.npy --jitter 1e-4 --tol 1e-12".split()
+    local = solve(workdir, *args, "--out", "local.npz")
+    dist = solve(workdir, *args, "--out", "dist.npz", "--workers", "1")
     assert "on 1 workers" in dist.stderr
     lines = local.stdout.splitlines()
     assert lines[0].startswith("t=5: accuracy ") and lines[1].startswith("t=inf: accuracy ")
