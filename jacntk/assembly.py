@@ -132,11 +132,13 @@ def _io_error(exc: OSError, location: StoreLocation, what: str) -> Exception:
 
 def _check_writable(location: StoreLocation) -> None:
     """Fail fast, before starting any cluster, when the store cannot be written: the client
-    stamps the time of this run into the attributes (it is their only writer)."""
+    (the attributes' only writer) stamps the time of this run and clears ``complete`` until
+    every tile is recorded again."""
     try:
         group = location.open_group("r+")
         meta = dict(group.attrs["jacntk"])
         meta["last_run"] = utc_now()
+        meta["complete"] = False
         group.attrs["jacntk"] = meta
     except OSError as exc:
         raise _io_error(exc, location, "write the store") from exc

@@ -137,6 +137,7 @@ def test_rerun_computes_only_missing_tiles_and_incomplete_store_names_them(
         chunk_file(path, "K", i, j).unlink()
     g = GramStore.open(path)
     assert not g.complete and g.missing_tiles() == [(0, 2), (1, 1)]
+    assert not g.verify(sample=0)["ok"]  # its attributes still claim it is complete
     with pytest.raises(ValueError, match=r"tiles \(0, 2\), \(1, 1\)"):
         g.block([0, 20], [40, 17])
     with pytest.raises(ValueError, match=r"\(0, 2\)"):
@@ -148,6 +149,7 @@ def test_rerun_computes_only_missing_tiles_and_incomplete_store_names_them(
     )
     report = assemble(ARCH, points, path, client=client)  # tile taken from the store
     assert (report.computed, report.skipped, report.complete) == (2, 4, True)
+    assert GramStore.open(path).verify(sample=0)["ok"]
     after = tree_digest(path)
     data = {k: v for k, v in before.items() if k.startswith(("K/", "manifest/c", "X/"))}
     assert data == {k: after[k] for k in data}
