@@ -933,7 +933,8 @@ def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
     def verdict(values: list, ok) -> str:
         if not values:
             return "not measured"
-        return "met" if all(ok(v) for v in values) else "**MISSED**"
+        bad = sum(not ok(v) for v in values)
+        return "met" if bad == 0 else f"**MISSED** in {bad} of {len(values)} rows"
 
     lines = ["### Goals (issue 7)", ""]
     scalar = [r for r in by_task.get("scalar", []) if r["N"] == 10000 and r["dtype"] == "float64"]
