@@ -90,6 +90,22 @@ def local_layout(workers: int | None = None, cores: int | None = None) -> tuple[
     return workers, max(1, cores // workers)
 
 
+def _address_in(scheduler_file: str) -> str:
+    """The scheduler address recorded in a file written by ``dask scheduler --scheduler-file``."""
+    import json
+
+    try:
+        with open(scheduler_file) as fh:
+            address = json.load(fh)["address"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"scheduler file {scheduler_file} holds no scheduler address ({exc})"
+        ) from None
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"scheduler file {scheduler_file} holds no scheduler address")
+    return address
+
+
 @contextlib.contextmanager
 def get_client(options: ClusterOptions | None = None, client=None) -> Iterator:
     """Yield a ``distributed.Client``: ``client`` itself if given, else one connected to the
@@ -107,9 +123,15 @@ def get_client(options: ClusterOptions | None = None, client=None) -> Iterator:
         if options.scheduler_file:
             if not os.path.exists(options.scheduler_file):
                 raise FileNotFoundError(f"scheduler file {options.scheduler_file} does not exist")
-            c = Client(scheduler_file=options.scheduler_file, timeout="30s", **kwargs)
+            address = _address_in(options.scheduler_file)
         else:
-            c = Client(options.scheduler, timeout="30s", **kwargs)
+            address = options.scheduler
+        if address.startswith("tls://") and security is None:
+            raise ValueError(
+                f"scheduler {address} uses TLS: give the client certificate with --tls-ca, "
+                "--tls-cert and --tls-key"
+            )
+        c = Client(address, timeout="30s", **kwargs)
         try:
             yield c
         finally:

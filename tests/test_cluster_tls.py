@@ -139,11 +139,6 @@ def test_cli_with_another_cas_certificate_is_refused_and_computes_nothing(tls_cl
         assert GramStore.open(str(store)).info()["tiles_done"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jacntk.cluster.get_client lets distributed's TypeError ('TLS expects a ssl_context') "
-    "escape for a tls:// scheduler without --tls-* options (fix proposed in the issue-6 report)",
-)
 def test_cli_without_certificate_gives_a_clear_error(tls_cluster, tmp_path):
     _, _, _, run = tls_cluster
     _, _, out = _assemble(tmp_path, run)
