@@ -1,0 +1,237 @@
+"""Solver benchmarks: Lanczos vs ``scipy.sparse.linalg.expm_multiply``, CG preconditioners vs
+depth, Fashion-MNIST kernel regression from a stored Gram, and a JNTK (lam > 0) solve with the
+matrix-free structured operator.  Writes the ``bench_solvers`` section of RESULTS.md.
+
+Usage::
+
+    python benchmarks/bench_solvers.py --quick     # small sizes, about a minute
+    python benchmarks/bench_solvers.py             # full: N = 60,000 scalar NTK, N = 10,000 JNTK
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, expm_multiply
+
+import jacntk
+from jacntk.data import fashion_mnist
+from jacntk.dynamics import cross_product, solve_coefficients, training_system
+from jacntk.operators import DenseGram, ScaledGram
+from jacntk.solvers import block_jacobi, cg, extreme_eigenvalues, lanczos_expm, nystrom
+
+try:
+    from benchmarks.results import peak_rss_mib, table, write_section
+except ModuleNotFoundError:  # run as a script from the benchmarks folder
+    from results import peak_rss_mib, table, write_section
+
+
+def standardised_fmnist(n: int, n_test: int = 0):
+    """First ``n`` training (and ``n_test`` test) images, standardised per pixel and scaled by
+    1/4 (as in ``jacntk demo``) so that |x|^2 ~ d/16."""
+    X, y = fashion_mnist("train", n)
+    mu, sd = X.mean(0), X.std(0) + 1e-8
+    Xs = (X - mu) / sd / 4.0
+    if not n_test:
+        return Xs, y
+    Xt, yt = fashion_mnist("test", n_test)
+    return Xs, y, (Xt - mu) / sd / 4.0, yt
+
+
+class Counting(LinearOperator):
+    """Wraps an operator and counts products (columns)."""
+
+    def __init__(self, A):
+        super().__init__(np.dtype(np.float64), A.shape)
+        self.A, self.count = A, 0
+
+    def _matvec(self, v):
+        self.count += 1
+        return self.A @ v
+
+    def _matmat(self, V):
+        self.count += V.shape[1]
+        return self.A @ V
+
+    def _adjoint(self):
+        return self
+
+
+def bench_lanczos_vs_expm_multiply(n: int) -> str:
+    """exp(-c t B) v at 10 times: one Lanczos basis vs expm_multiply's time stepping."""
+    X, _ = standardised_fmnist(n)
+    G = jacntk.kernel(jacntk.MLP(3, "erf"), X)
+    c = 1.0 / n
+    w, V = np.linalg.eigh(G)
+    v = np.random.default_rng(0).standard_normal(n)
+    times = np.linspace(n / w[-1], 200 * n / w[-1], 10)  # c t lambda_max from 1 to 200
+    exact = np.stack([V @ (np.exp(-c * t * w) * (V.T @ v)) for t in times])
+
+    def err(approx):
+        return float(np.max(np.linalg.norm(approx - exact, axis=1) / np.linalg.norm(exact, axis=1)))
+
+    rows = []
+    op = Counting(DenseGram(G))
+    t0 = time.perf_counter()
+    ref = expm_multiply(
+        -c * op, v, start=times[0], stop=times[-1], num=10, endpoint=True, traceA=-c * np.trace(G)
+    )
+    dt = time.perf_counter() - t0
+    e_ref = err(ref)
+    rows.append(["scipy expm_multiply", op.count, f"{dt:.3f}", f"{e_ref:.1e}"])
+    for tol in (max(e_ref, 1e-14), 1e-12):
+        op = Counting(DenseGram(G))
+        t0 = time.perf_counter()
+        res = lanczos_expm(op, v, times, c=c, tol=tol, check_every=2)
+        dt = time.perf_counter() - t0
+        rows.append([f"Lanczos (tol {tol:.0e})", op.count, f"{dt:.3f}", f"{err(res.values):.1e}"])
+    return (
+        f"### exp(-c t B) v at 10 times: Lanczos vs expm_multiply\n\nScalar NTK (erf, depth 3) "
+        f"on {n} standardised Fashion-MNIST images, c = 1/N, c t lambda_max from 1 to 200; "
+        "error = max over times of the relative 2-norm error against a dense eigh.\n\n"
+        + table(["method", "matvecs", "time (s)", "max rel. error"], rows)
+    )
+
+
+def bench_preconditioners(n: int, d: int, depths, maxiter: int) -> str:
+    """CG iterations on B = D^1/2 Theta D^1/2 + eps I (JNTK, lam = 0.01) vs depth."""
+    X, _ = standardised_fmnist(n)
+    X = X[:, :: 784 // d][:, :d] * 4.0 / np.sqrt(16.0 * d / 784)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
+    rhs = np.random.default_rng(1).standard_normal(n * (d + 1))
+    rows = []
+    for depth in depths:
+        arch = jacntk.MLP(depth, "erf")
+        G = jacntk.augment(jacntk.kernel_fields(arch, X), X)
+        B = ScaledGram(DenseGram(G, d + 1), 0.01, 1e-5 * np.trace(G) / G.shape[0])
+        ev = extreme_eigenvalues(B, maxiter=400, tol=1e-8)
+        row = [depth, f"{ev.condition:.1e}"]
+        for M in (None, block_jacobi(B), nystrom(B, min(100, B.shape[0] // 4))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = cg(B, rhs, M=M, tol=1e-8, maxiter=maxiter, stagnation=maxiter)
+            row.append(f"{res.iterations}{'' if res.converged.all() else ' (not conv.)'}")
+        rows.append(row)
+    return (
+        f"### CG iterations vs depth and preconditioner\n\nJNTK (erf), N = {n} standardised "
+        f"Fashion-MNIST images reduced to d = {d} pixels (N(d+1) = {n * (d + 1)}), lam = 0.01, "
+        f"jitter 1e-5 x mean diagonal, tol 1e-8, maxiter {maxiter}; condition number of B by "
+        "Lanczos (the smallest eigenvalue is an upper bound when not converged).\n\n"
+        + table(["depth", "cond(B)", "none", "block-Jacobi", "Nystrom k=min(100, N(d+1)/4)"], rows)
+    )
+
+
+def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float) -> str:
+    """Scalar NTK: assemble a store, CG at t = inf and Lanczos at 10 times, test accuracy."""
+    from jacntk.assembly import assemble
+    from jacntk.store import GramStore
+
+    X, y, Xt, yt = standardised_fmnist(n, n_test)
+    Y = np.full((n, 10), -0.1)
+    Y[np.arange(n), y] += 1.0
+    arch = jacntk.MLP(3, "erf")
+    root = Path(tempfile.mkdtemp(prefix="jacntk-bench-"))
+    try:
+        t0 = time.perf_counter()
+        assemble(arch, X, root / "g.zarr", tile=tile, dtype="float32", progress=False)
+        t_assemble = time.perf_counter() - t0
+        store = GramStore.open(root / "g.zarr")
+        system = training_system(None, store, jitter=jitter)
+        times = list(np.geomspace(10.0, 1e4, 9) * n) + [float("inf")]
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coef = solve_coefficients(
+                system, Y, times=times, tol=1e-6, maxiter=2000, preconditioner="block-jacobi"
+            )
+        t_solve = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = cross_product(system, Xt, coef.Z, gradients=False, tile=tile)[:, :, 0]
+        t_pred = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    acc = (pred.argmax(axis=2) == yt[None, :]).mean(axis=1)
+    rows = [
+        [f"{t / n:.3g}" if np.isfinite(t) else "inf", f"{a:.4f}"]
+        for t, a in zip(times, acc, strict=True)
+    ]
+    notes = "; ".join(str(w.message)[:120] for w in caught) or "all solves converged"
+    return (
+        f"### Fashion-MNIST kernel regression from a stored scalar NTK\n\nN = {n} training, "
+        f"{n_test} test images (d = 784), erf depth 3, float32 store, tile {tile}, jitter "
+        f"{jitter:g}, 10 one-hot outputs; CG (block-Jacobi) at t = inf and Lanczos for 9 finite "
+        f"times, tol 1e-6.\n\nassembly {t_assemble:.1f} s, solve (10 times x 10 outputs) "
+        f"{t_solve:.1f} s, test prediction {t_pred:.1f} s, total "
+        f"{t_assemble + t_solve + t_pred:.1f} s; peak RSS {peak_rss_mib():.0f} MiB. "
+        f"{coef.diagnostics.get('cg', '')}. Solver notes: {notes}.\n\n"
+        + table(["t / N (c t with eta = 1)", "test accuracy"], rows)
+    )
+
+
+def bench_jntk_structured(n: int, n_test: int, tile: int) -> str:
+    """JNTK, lam > 0, matrix-free structured operator: Lanczos at finite times."""
+    X, y, Xt, yt = standardised_fmnist(n, n_test)
+    Y = np.full((n, 10), -0.1)
+    Y[np.arange(n), y] += 1.0
+    d = X.shape[1]
+    R = np.zeros((n, d + 1, 10))
+    R[:, 0] = Y
+    system = training_system(
+        jacntk.MLP(3, "erf"), X, jacobian_reg=0.01, jitter=1e-6, operator="structured", tile=tile
+    )
+    times = [1.0 * n, 10.0 * n, 100.0 * n]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coef = solve_coefficients(system, R.reshape(n * (d + 1), 10), times=times, tol=1e-6)
+    t_solve = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = cross_product(system, Xt, coef.Z, gradients=False, tile=tile)[:, :, 0]
+    t_pred = time.perf_counter() - t0
+    acc = (pred.argmax(axis=2) == yt[None, :]).mean(axis=1)
+    notes = "; ".join(str(w.message)[:120] for w in caught) or "all converged"
+    rows = [[f"{t / n:g}", f"{a:.4f}"] for t, a in zip(times, acc, strict=True)]
+    return (
+        f"### JNTK (lam = 0.01) with the matrix-free structured operator\n\nN = {n} Fashion-MNIST "
+        f"images (N(d+1) = {n * (d + 1)} unknowns), {n_test} test, erf depth 3, jitter 1e-6, "
+        f"tile {tile}; Lanczos (10 outputs) at 3 times, tol 1e-6.\n\nsolve {t_solve:.1f} s "
+        f"({'; '.join(coef.diagnostics['lanczos'][:1])}), test prediction {t_pred:.1f} s, peak RSS "
+        f"{peak_rss_mib():.0f} MiB. Notes: {notes}.\n\n" + table(["t / N", "test accuracy"], rows)
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parts = [
+            bench_lanczos_vs_expm_multiply(400),
+            bench_preconditioners(40, 8, [1, 3, 6], 3000),
+            bench_fashion_mnist(600, 500, 256, 1e-4),
+            bench_jntk_structured(30, 200, 64),
+        ]
+    else:
+        parts = [
+            bench_lanczos_vs_expm_multiply(3000),
+            bench_preconditioners(200, 20, [1, 3, 6, 11], 20000),
+            bench_fashion_mnist(60000, 10000, 4096, 1e-4),
+            bench_jntk_structured(10000, 2000, 1024),
+        ]
+    mode = "quick mode (--quick)" if args.quick else "full mode"
+    body = f"_{mode}_\n\n" + "\n".join(parts)
+    print(body)
+    if not args.no_write:
+        write_section("bench_solvers", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
