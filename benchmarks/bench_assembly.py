@@ -44,9 +44,12 @@ def _timed(fn) -> float:
 
 
 def _worker_peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of a worker process (VmHWM), MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _warm(arch, jacobian: bool) -> bool:

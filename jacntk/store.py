@@ -34,6 +34,7 @@ import json
 import math
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -801,8 +802,10 @@ def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values,
         writes = [(name, (ri, rj), v[index(name)]) for name in STORED_FIELDS]
         if i != j:
             writes += [("K_q", (rj, ri), v[index("K_r")].T), ("K_pq", (rj, ri), v[index("K_pr")].T)]
-    run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x in writes])
-    arrays["manifest"][i, j] = field_digests(v)  # last: the tile is done
+    with ThreadPoolExecutor(1) as pool:  # hashing (releases the GIL) overlaps the writes
+        digests = pool.submit(field_digests, v)
+        run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x in writes])
+        arrays["manifest"][i, j] = digests.result()  # last: the tile is done
     return int(v.nbytes)
 
 
