@@ -42,8 +42,16 @@ def register(sub) -> None:
         help="replace a store made for other inputs or settings",
     )
     progress = p.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_true", default=None)
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    progress.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _storage_argument(p)
     add_cluster_arguments(p)
