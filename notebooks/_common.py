@@ -26,6 +26,19 @@ def pick(small, full):
     return small if SIZE == "small" else full
 
 
+def show(fig, dpi: int = 90) -> None:
+    """Display a figure in the notebook as a PNG (the Agg backend draws nothing by itself) and
+    close it."""
+    import io
+
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(buf.getvalue()))
+
+
 def sphere_points(n: int, d: int = 4, *, seed: int = 0, iters: int = 200) -> np.ndarray:
     """``n`` quasi-uniform points on the unit sphere ``S^{d-1}`` (Riesz-energy relaxation).
 
@@ -127,5 +140,6 @@ __all__ = [
     "min_distance",
     "pick",
     "plt",
+    "show",
     "sphere_points",
 ]
