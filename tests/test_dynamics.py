@@ -65,7 +65,7 @@ def rel(a, b):
 TIMES = [0.0, 0.5, 5.0, 50.0, float("inf")]
 
 
-@pytest.mark.parametrize("lam, jitter", [(0.0, 0.0), (0.01, 1e-4), (1.0, 1e-3)])
+@pytest.mark.parametrize("lam, jitter", [(0.0, 0.0), (0.01, 1e-4), (1.0, 1e-2)])
 @pytest.mark.parametrize("operator", ["dense", "structured"])
 def test_predict_matches_dense_ode_solution(data, lam, jitter, operator):
     X, y, Xt = data
@@ -81,7 +81,7 @@ def test_predict_matches_dense_ode_solution(data, lam, jitter, operator):
         jitter=jitter,
         operator=operator,
         tol=1e-13,
-        tile=5,
+        tile=8,
     )
     assert p.values.shape == (5, 4) and p.gradients.shape == (5, 4, D)
     np.testing.assert_array_equal(p.times, TIMES)
