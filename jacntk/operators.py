@@ -254,31 +254,41 @@ class StructuredGram(GramOperator):
         upper = ((i, j, self.tile_data(i, j)) for i in range(n_t) for j in range(i, n_t))
         return symmetric_product(upper, self.tiles, self.points, self.block, V, self.directions)
 
+    def _diagonal_tiles(self, chunk: int = 64):
+        """``(slice, data)`` of small symmetric tiles along the diagonal (whose own diagonals
+        are the diagonal pairs): O(N chunk) pairs in N / chunk calls."""
+        for s in range(0, self.n_points, chunk):
+            sl = slice(s, min(self.n_points, s + chunk))
+            data = compute_tile(
+                self.arch, self.points[sl], kind=self.kind, jacobian=self.jacobian, plan=self.plan
+            )
+            yield sl, data
+
     def diagonal_fields(self):
         if not self.jacobian or self.directions is not None:
             return None
         F = np.empty((8, self.n_points))
-        for i in range(self.n_points):
-            F[:, i] = compute_tile(
-                self.arch, self.points[i : i + 1], kind=self.kind, jacobian=True, plan=self.plan
-            )[:, 0, 0]
+        for sl, data in self._diagonal_tiles():
+            idx = np.arange(sl.stop - sl.start)
+            F[:, sl] = data[:, idx, idx]
         return F, self.points
 
     def diagonal_blocks(self) -> np.ndarray:
         n, b = self.n_points, self.block
         out = np.empty((n, b, b))
-        for i in range(n):
-            x = self.points[i : i + 1]
-            data = compute_tile(
-                self.arch, x, kind=self.kind, jacobian=self.jacobian, plan=self.plan
-            )
-            if data.ndim == 2:
-                out[i] = data
-            elif self.directions is not None:
-                U = self.directions[i : i + 1]
-                out[i] = projected_kernel(data, x, x, U, U)
-            else:
-                out[i] = augment(data, x)
+        for sl, data in self._diagonal_tiles():
+            for k in range(sl.stop - sl.start):
+                i = sl.start + k
+                x = self.points[i : i + 1]
+                if data.ndim == 2:
+                    out[i] = data[k, k]
+                    continue
+                F = data[:, k : k + 1, k : k + 1]
+                if self.directions is not None:
+                    U = self.directions[i : i + 1]
+                    out[i] = projected_kernel(F, x, x, U, U)
+                else:
+                    out[i] = augment(F, x)
         return out
 
 
