@@ -102,6 +102,7 @@ def run_case(X, arch, *, jacobian: bool, tile: int, workers: int, folder: Path) 
         "wall": report.seconds,
         "tiles": report.computed,
         "compute_alone": report.compute_seconds / workers,
+        "write_alone": report.write_seconds / workers,
         "bytes": report.bytes_written,
         "stored": stored,
         "rss": max(rss.values()),
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
                         f"{r['bytes'] / 1e9:.2f} / {r['stored'] / 1e9:.2f}",
                         f"{r['rss']:.0f}",
                         f"{r['compute_alone']:.1f}",
+                        f"{r['write_alone']:.1f}",
                         f"{r['wall'] / r['compute_alone']:.2f}",
                         f"{100 * r['gemm_gflops'] / peak:.1f}%",
                     ]
@@ -163,13 +165,15 @@ def main(argv=None) -> int:
         "GB written / on disk",
         "peak RSS per worker MiB",
         "compute alone s",
+        "write alone s",
         "wall / compute",
         "GEMM peak share",
     ]
     body = (
         f"Depth-3 erf MLP on Fashion-MNIST (d = 784, standardised / 4), float64 store on local "
         f"disk, embedded LocalCluster of single-threaded worker processes (NUMBA/BLAS threads "
-        f"= 1). 'compute alone' = summed per-task compute_tile time / workers; 'GEMM peak "
+        f"= 1). 'compute alone' = summed per-task compute_tile time / workers, "
+        f"'write alone' the same for writing chunks + checksums + manifest record; 'GEMM peak "
         f"share' = inner-product GEMM flops (2 n_i n_j d per upper tile) per wall second over "
         f"this machine's measured DGEMM peak ({peak:.1f} GFLOP/s, all cores). Load average at "
         f"start: {load[0]:.1f} on {os.cpu_count()} cores; benchmark process peak RSS "

@@ -52,8 +52,9 @@ class AssemblyReport:
 
     ``computed`` tiles were run by this call, ``skipped`` were already recorded in the store's
     manifest; ``computed + skipped == tiles_total`` when the call succeeds.  ``seconds`` is the
-    wall time of the call, ``compute_seconds`` the sum over tasks of the time spent in
-    ``compute_tile`` alone (not writing), ``bytes_written`` the uncompressed tile bytes.
+    wall time of the call, ``compute_seconds`` and ``write_seconds`` the sums over tasks of the
+    time spent in ``compute_tile`` and in writing (chunks, checksums, manifest record),
+    ``bytes_written`` the uncompressed tile bytes.
     """
 
     url: str
@@ -63,6 +64,7 @@ class AssemblyReport:
     complete: bool
     seconds: float
     compute_seconds: float
+    write_seconds: float
     bytes_written: int
     workers: int
     created: bool
@@ -89,11 +91,11 @@ def _tile_task(
     j: int,
     xi: np.ndarray,
     xj: np.ndarray | None,
-) -> tuple[int, int, int, float] | OSError:
+) -> tuple[int, int, int, float, float] | OSError:
     """Compute tile ``(i, j)`` from its two input tiles and write it.  Returns
-    ``(i, j, bytes written, seconds computing)``, or the ``OSError`` of a failed write (returned,
-    not raised, so that a full disk is reported once by the client, not logged by every
-    worker)."""
+    ``(i, j, bytes written, seconds computing, seconds writing)``, or the ``OSError`` of a
+    failed write (returned, not raised, so that a full disk is reported once by the client,
+    not logged by every worker)."""
     t0 = time.perf_counter()
     values = compute_tile(
         MLP.from_dict(meta["arch"]),
@@ -103,12 +105,12 @@ def _tile_task(
         jacobian=meta["jacobian"],
         plan=plan,
     )
-    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
     try:
         nbytes = write_tile(location, meta["uuid"], i, j, values, meta)
     except OSError as exc:
         return OSError(exc.errno, exc.strerror or str(exc))
-    return i, j, nbytes, seconds
+    return i, j, nbytes, t1 - t0, time.perf_counter() - t1
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,10 +316,10 @@ def assemble(
     gram = GramStore.open(location)
     todo = gram.missing_tiles()
     total = len(upper_tiles(gram.n_tiles))
-    nbytes, workers, compute_seconds = 0, 0, 0.0
+    nbytes, workers, compute_seconds, write_seconds = 0, 0, 0.0, 0.0
     if todo:
         _check_writable(location)
-        nbytes, workers, compute_seconds = _run_tiles(
+        nbytes, workers, compute_seconds, write_seconds = _run_tiles(
             location, meta, plan, todo, client, cluster, progress
         )
     done = scan_manifest(gram.refresh()._array("manifest"), gram.n_tiles)
@@ -335,6 +337,7 @@ def assemble(
         complete=complete,
         seconds=time.perf_counter() - t0,
         compute_seconds=compute_seconds,
+        write_seconds=write_seconds,
         bytes_written=nbytes,
         workers=workers,
         created=created,
@@ -343,7 +346,7 @@ def assemble(
 
 def _run_tiles(location, meta, plan, todo, client, cluster, progress):
     """Submit one task per missing tile and wait; returns (bytes written, workers, seconds
-    spent computing tiles)."""
+    spent computing tiles, seconds spent writing them)."""
     from distributed import as_completed
 
     from .cluster import get_client
@@ -380,7 +383,7 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
             for i, j in todo
         ]
         del points
-        nbytes, compute_seconds = 0, 0.0
+        nbytes, compute_seconds, write_seconds = 0, 0.0, 0.0
         try:
             for future in as_completed(futures):
                 result = future.result()
@@ -388,6 +391,7 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
                     raise result
                 nbytes += result[2]
                 compute_seconds += result[3]
+                write_seconds += result[4]
                 bar.advance()
         except OSError as exc:
             c.cancel(futures)
@@ -395,7 +399,7 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
         except BaseException:
             c.cancel(futures)
             raise
-    return nbytes, workers, compute_seconds
+    return nbytes, workers, compute_seconds, write_seconds
 
 
 __all__ = ["AssemblyReport", "assemble", "prepare_store"]
