@@ -221,3 +221,15 @@ def test_non_converging_solve_warns_with_diagnostics(data):
     assert "cg" in p.diagnostics and not p.diagnostics["cg_result"].converged.all()
     with pytest.warns(ConvergenceWarning, match="Lanczos did not reach tol"):
         predict(ARCH, X, y, Xt, times=[1e4], jacobian_reg=0.01, maxiter=4)
+
+
+def test_max_stable_learning_rate_is_2n_over_kappa2_lambda_max(data):
+    from jacntk.dynamics import max_stable_learning_rate, training_system
+
+    X, y, Xt = data
+    system = training_system(ARCH, X, jacobian_reg=0.1)
+    lam_max = np.linalg.eigvalsh(system.B.to_dense())[-1]
+    eta = max_stable_learning_rate(system)
+    assert eta == pytest.approx(2 * N / (ARCH.kappa**2 * lam_max), rel=1e-8)
+    with pytest.warns(RuntimeWarning, match="gradient descent is unstable"):
+        predict(ARCH, X, y, Xt, steps=[5], jacobian_reg=0.1, learning_rate=1.5 * eta)
