@@ -180,6 +180,21 @@ def _check_targets(y, n: int) -> np.ndarray:
     return arr
 
 
+def training_residual(system: TrainingSystem, y, F0_train=None) -> np.ndarray:
+    """``Y - F_0(X)`` point-major, shape (N * block, k): targets ``y`` (N,) or (N, k) in the
+    value slots, minus the initial outputs ``F0_train`` (N, d+1) if given (gradient slots are
+    ``-grad f_0`` for full augmentation)."""
+    n, b = system.n, system.block
+    Y = _check_targets(y, n).reshape(n, -1)
+    R = np.zeros((n, b, Y.shape[1]))
+    R[:, 0] = Y
+    if F0_train is not None:
+        R[:, 0] -= F0_train[:, :1]
+        if b > 1:
+            R[:, 1:] = -F0_train[:, 1:, None]
+    return R.reshape(n * b, -1)
+
+
 def _augmented_f0(part, n: int, d: int, name: str) -> np.ndarray:
     """``F_0`` at ``n`` points as (n, d+1): values and gradients (zeros where not given)."""
     out = np.zeros((n, d + 1))
@@ -475,18 +490,12 @@ def predict(
         raise ValueError(f"X_test has d={X_test.shape[1]} but the training points have d={d}")
     y = _check_targets(y_train, n)
     multi = y.ndim == 2
-    Y = y.reshape(n, -1)
     F0_train, F0_test = initial_outputs(f0, system.points, X_test)
     if f0 is not None and multi:
         raise ValueError("f0 is supported for a single target column only")
-    b = system.block
-    R = np.zeros((n, b, Y.shape[1]))
-    R[:, 0] = Y - F0_train[:, :1]
-    if b > 1:
-        R[:, 1:] = -F0_train[:, 1:, None]
     coef = solve_coefficients(
         system,
-        R.reshape(n * b, -1),
+        training_residual(system, y, F0_train),
         times=times,
         steps=steps,
         learning_rate=learning_rate,
@@ -572,5 +581,6 @@ __all__ = [
     "max_stable_learning_rate",
     "predict",
     "solve_coefficients",
+    "training_residual",
     "training_system",
 ]

@@ -18,6 +18,7 @@ from .dynamics import (
     cross_product,
     is_store,
     solve_coefficients,
+    training_residual,
     training_system,
 )
 from .validation import as_points
@@ -200,13 +201,9 @@ class KernelRegressor:
             tile=self.tile,
             client=self.client,
         )
-        n, b = X.shape[0], system.block
-        Y = y.reshape(n, -1)
-        R = np.zeros((n, b, Y.shape[1]))
-        R[:, 0] = Y
         coef = solve_coefficients(
             system,
-            R.reshape(n * b, -1),
+            training_residual(system, y),
             times=self._times(),
             learning_rate=self.learning_rate,
             tol=self.tol,

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         _check_targets,
         cross_product,
         solve_coefficients,
+        training_residual,
         training_system,
     )
     from jacntk.store import GramStore
@@ -135,9 +136,6 @@ def run(args: argparse.Namespace) -> int:
         )
         y = _check_targets(y, system.n)
         n, b = system.n, system.block
-        Y = y.reshape(n, -1)
-        R = np.zeros((n, b, Y.shape[1]))
-        R[:, 0] = Y
         print(
             f"solve: {store.kind} of {store.arch}, N={n}, d={store.d}, lam={system.lam}, "
             f"jitter={system.jitter}, c={system.c:.3e}, operator {system.operator}"
@@ -146,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
         coef = solve_coefficients(
             system,
-            R.reshape(n * b, -1),
+            training_residual(system, y),
             times=times,
             steps=args.steps,
             learning_rate=args.learning_rate,
@@ -166,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 pred = pred[:, :, :1]
     values = pred[:, :, 0]
     grads = pred[:, :, 1:] if pred.shape[2] > 1 else None
-    if Y.shape[1] == 1 and not args.one_hot and y.ndim == 1:
+    if not args.one_hot and y.ndim == 1:
         values = values[..., 0]
         grads = None if grads is None else grads[..., 0]
     ref = y_test if X_test is not None else (raw if args.one_hot else y)
