@@ -246,7 +246,7 @@ def cg(
     tol: float = 1e-10,
     maxiter: int | None = None,
     x0=None,
-    stagnation: int = 300,
+    stagnation: int = 1000,
     callback: Callable[[int, np.ndarray], None] | None = None,
     warn: bool = True,
 ) -> SolveResult:
@@ -265,7 +265,7 @@ def cg(
     maxiter : default ``min(10 n, 20000)``
     x0 : initial guess, default 0
     stagnation : stop a column whose best residual has not improved by 10% in this many
-        iterations
+        iterations (CG residuals are not monotone: keep this generous)
     callback : called as ``callback(iteration, relative_residuals)`` after each iteration
     warn : issue a :class:`ConvergenceWarning` when a column did not converge
 
