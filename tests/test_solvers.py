@@ -164,6 +164,9 @@ def test_cg_reports_non_convergence_stagnation_and_indefiniteness(rng):
     with pytest.warns(ConvergenceWarning, match=r"did not converge for 1 of 1.*maxiter=5"):
         res = cg(A, b, maxiter=5)
     assert res.iterations == 5 and not res.converged[0] and res.true_residual[0] > 1e-3
+    with pytest.warns(ConvergenceWarning, match="stagnated at relative residual"):
+        stalled = cg(A, b, stagnation=3)
+    assert stalled.iterations == 3 and "stagnated" in stalled.messages[0]
     indefinite = np.diag(np.r_[np.ones(10), -np.ones(10)])
     with pytest.warns(ConvergenceWarning, match="not positive definite"):
         bad = cg(indefinite, np.ones(20))
