@@ -149,7 +149,7 @@ def get_client(options: ClusterOptions | None = None, client=None) -> Iterator:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback, any free port (None still binds 8787)
         env=env,
         memory_limit="auto",
     )
