@@ -38,7 +38,8 @@ from scipy.sparse.linalg import LinearOperator
 
 from .arch import MLP
 from .blocks import augment, projected_kernel, structured_matmul
-from .fields import FIELD_TRANSPOSE, compute_tile, make_plan
+from .fields import compute_tile, make_plan
+from .store import transpose_fields
 from .validation import as_pair, as_points
 
 
@@ -55,12 +56,6 @@ def _as_columns(V: np.ndarray, rows: int) -> np.ndarray:
     if V.ndim != 2 or V.shape[0] != rows:
         raise ValueError(f"expected {rows} rows, got an array of shape {V.shape}")
     return V
-
-
-def transpose_fields(F: np.ndarray) -> np.ndarray:
-    """Fields of the transposed tile: ``(8, n1, n2) -> (8, n2, n1)``, swapping ``K_q <-> K_r``
-    and ``K_pq <-> K_pr`` (math.md §5.2)."""
-    return F[list(FIELD_TRANSPOSE)].transpose(0, 2, 1)
 
 
 def tile_product(tile_data: np.ndarray, X1, X2, V, directions=None) -> np.ndarray:
