@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -58,6 +59,9 @@ FIELD_NAMES = ("K", "K_p", "K_q", "K_r", "K_pp", "K_pq", "K_pr", "K_qr")
 #: Field index under the exchange x <-> x' (K_q <-> K_r, K_pq <-> K_pr; math.md §5.2).
 FIELD_TRANSPOSE = (0, 1, 3, 2, 4, 6, 5, 7)
 KIND_CODES = {"nngp": 0, "ntk": 1, "ntk_truncated": 2}
+#: Tiles with fewer pairs than this (256 times fewer for quadrature activations, whose pairs
+#: cost ~100x more) are computed on the calling thread only.
+SMALL_TILE_PAIRS = 16384
 
 
 @dataclass(frozen=True)
@@ -420,14 +424,28 @@ def compute_tile(
     """Scalar kernel ``(n1, n2)`` or field array ``(8, n1, n2)`` for one tile of pairs.
 
     This is the pure function that distributed assembly runs per tile; ``X2=None`` (or
-    ``X2 is X1``) computes a symmetric diagonal tile.  ``plan`` may be passed to fix the
-    quadrature rule across tiles (see ``make_plan``).
+    ``X2 is X1``) computes a symmetric diagonal tile.  ``plan`` (``make_plan``) may be passed
+    to validate the architecture and kind once for many tiles.
     """
     A, B, symmetric = as_pair(X1, X2)
-    P, q1, q2 = _inner_products(A, B, symmetric)
-    d = A.shape[1]
     plan = make_plan(arch, kind, jacobian) if plan is None else plan
     check_kind(arch, kind, jacobian)
+    # Small tiles run on the calling thread: waking Numba's pool costs more than the work (and
+    # tens of ms on a loaded machine).
+    pairs = A.shape[0] * B.shape[0]
+    small = pairs < (SMALL_TILE_PAIRS if plan.act in (0, 1) else SMALL_TILE_PAIRS // 256)
+    previous = numba.get_num_threads()
+    if small:
+        numba.set_num_threads(1)
+    try:
+        return _compute(plan, A, B, symmetric, jacobian)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _compute(plan: Plan, A: np.ndarray, B: np.ndarray, symmetric: bool, jacobian: bool):
+    P, q1, q2 = _inner_products(A, B, symmetric)
+    d = A.shape[1]
     v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.h)
     v2, vp2 = (
         (v1, vp1)
