@@ -355,12 +355,12 @@ class Worker:
         Seconds allowed for the start and for each request.
     """
 
-    def __init__(self, name: str, cmd: list[str], mem_limit: int | None, timeout: float):
+    def __init__(self, name: str, cmd: list[str], mem_limit: int | None, timeout: float, env=None):
         self.name = name
         self.timeout = timeout
         if mem_limit:
             cmd = ["prlimit", f"--as={int(mem_limit)}", "--"] + cmd
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.setdefault(var, "2")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -427,7 +427,10 @@ def start_workers(args, dtype: str, peer: bool) -> dict:
     cap = int(args.mem_limit_gib * 2**30) if args.mem_limit_gib else None
     workers = {}
     jac_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-    workers["jacntk"] = Worker("jacntk", jac_cmd, cap, args.timeout)
+    env = {}
+    if args.jacntk_blas_threads:
+        env["OPENBLAS_NUM_THREADS"] = str(args.jacntk_blas_threads)
+    workers["jacntk"] = Worker("jacntk", jac_cmd, cap, args.timeout, env)
     if peer:
         peer_cmd = [str(args.peer_python), str(PEER_WORKER), "--dtype", dtype]
         try:
@@ -492,6 +495,8 @@ def run_scalar(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
     base = {"op": "scalar", "x": str(tmp / "x.npy"), "arch": arch_dict(act)}
     base["rows"] = str(tmp / "rows.npy")
     rec = _record("scalar", act=act, d=d, N=n, dtype=dtype)
+    if args.jacntk_blas_threads:
+        rec["jacntk_blas_threads"] = args.jacntk_blas_threads
     requests = {
         "jacntk": {**base, "out": str(tmp / "jac")},
         "peer": {**base, "out": str(tmp / "nt")},
@@ -573,10 +578,10 @@ def run_dynamics(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
     np.save(tmp / "xt.npy", Xte)
     np.save(tmp / "y.npy", targets(Xtr))
     base = {key: str(tmp / f"{key}.npy") for key in ("x", "y", "xt")}
-    base.update(op="dynamics", arch=arch_dict(act), times=TIMES, learning_rate=1.0)
+    base.update(op="dynamics", arch=arch_dict(act), times=args.times, learning_rate=1.0)
     requests = {"jacntk": {**base, "out": str(tmp / "jac_dyn.npy")}}
     requests["peer"] = {**base, "out": str(tmp / "nt_dyn.npy")}
-    rec = _record("dynamics", act=act, d=d, N=n, dtype=dtype, n_test=n_test)
+    rec = _record("dynamics", act=act, d=d, N=n, dtype=dtype, n_test=n_test, times=args.times)
     workers = start_workers(args, dtype, not args.no_peer)
     try:
         rec.update(alternate(workers, requests, args.dynamics_repeats))
@@ -593,7 +598,10 @@ TASKS = {"scalar": run_scalar, "jacobian": run_jacobian, "dynamics": run_dynamic
 
 
 def row_key(rec: dict) -> str:
-    return "|".join(str(rec[k]) for k in ("task", "act", "d", "N", "dtype"))
+    key = "|".join(str(rec[k]) for k in ("task", "act", "d", "N", "dtype"))
+    if "times" in rec and not any(np.isinf(rec["times"])):
+        key += "|finite-t"
+    return key
 
 
 def planned_rows(grid: dict, args) -> list[tuple]:
@@ -654,6 +662,12 @@ def _diff(rec: dict, key: str) -> str:
 
 def _load(rec: dict) -> str:
     return f"{rec['load'][0]:.1f}"
+
+
+def _times_label(rec: dict) -> str:
+    times = rec.get("times", TIMES)
+    inf = any(np.isinf(times))
+    return f"{len(times)} ({'incl. inf' if inf else 'finite only'})"
 
 
 def _errors(records: list[dict]) -> list[str]:
@@ -834,6 +848,7 @@ def render(records: list[dict], versions: dict, args) -> str:
                 r["d"],
                 r["N"],
                 r["n_test"],
+                _times_label(r),
                 _s(r, "jacntk", "total"),
                 _s(r, "peer", "kernel"),
                 _s(r, "peer", "predict"),
@@ -860,6 +875,7 @@ def render(records: list[dict], versions: dict, args) -> str:
                     "d",
                     "N",
                     "n_test",
+                    "times",
                     "jacntk total s",
                     "NT kernel s",
                     "NT eigh+predict s",
@@ -1069,6 +1085,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up")
     parser.add_argument("--dynamics-repeats", type=int, default=1)
     parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument(
+        "--times", nargs="+", type=float, default=TIMES, help="dynamics times (inf allowed)"
+    )
+    parser.add_argument(
+        "--jacntk-blas-threads",
+        type=int,
+        help="OPENBLAS_NUM_THREADS of the jacntk worker (1 avoids the threaded-SYRK crash of "
+        "scipy-openblas 0.3.31 on 20000 x 784 inputs, see RESULTS.md)",
+    )
     parser.add_argument("--compare-rows", type=int, default=500)
     parser.add_argument("--jacobian-pairs", type=int, default=4096)
     parser.add_argument("--dense-max-gib", type=float, default=2.0)
