@@ -775,6 +775,18 @@ def render(records: list[dict], versions: dict, args) -> str:
                 rows,
             ),
         ]
+    blas1 = [r for r in by_task.get("scalar", []) if r.get("jacntk_blas_threads")]
+    if blas1:
+        lines += [
+            "Rows "
+            + ", ".join(f"{r['act']} d={r['d']} N={r['N']} {r['dtype']}" for r in blas1)
+            + " ran jacntk with OPENBLAS_NUM_THREADS=1 (`--jacntk-blas-threads 1`): with 2 "
+            "OpenBLAS threads, numpy's `X @ X.T` (the SYRK path, scipy-openblas 0.3.31) "
+            "segfaults for X of shape 20000 x 784 on this machine, reproduced outside jacntk "
+            "(`X @ np.ascontiguousarray(X.T)` and 1 thread both work), and that product is "
+            "jacntk's `_inner_products`, so its worker died with code -11.",
+            "",
+        ]
     diag = [r for r in by_task.get("scalar", []) if "relu_diag_err" in r]
     if diag:
         lines += [
