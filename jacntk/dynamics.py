@@ -2,8 +2,9 @@
 
 Under Jacobian-regularised gradient flow on ``L = 1/(2N) sum_i [(f(x_i) - y_i)^2 +
 lam |grad_x f(x_i)|^2]`` with learning rate ``eta``, the value and input gradient at any point
-``x`` follow (``c = eta kappa^2 / N``, ``D = I_N (x) diag(1, lam, ..., lam)``,
-``B = D^{1/2} Theta D^{1/2}``)::
+``x`` follow (``D = I_N (x) diag(1, lam, ..., lam)``, ``B = D^{1/2} Theta D^{1/2}``, and
+``c = eta kappa^2 / N`` for the kappa-free kernel of math.md §4.4 -- i.e. ``c = eta / N`` for
+jacntk's kernels, which carry ``kappa^2`` (math.md §0.1); ``t`` counts gradient steps)::
 
     F_t(x) = F_0(x) + Theta(x, X) D^{1/2} phi_t(B) D^{1/2} (Y - F_0(X)),
     phi_t(s) = (1 - exp(-c t s)) / s,        phi_inf(B) = B^+,
@@ -75,7 +76,7 @@ class TrainingSystem:
     arch : MLP; kind : str
     points : (N, d) training inputs
     lam, jitter : float
-    c : float, ``learning_rate * kappa^2 / N``
+    c : float, ``learning_rate / N`` (the kernel ``Theta`` here carries ``kappa^2``)
     """
 
     B: ScaledGram
@@ -161,7 +162,8 @@ def training_system(
             base = DenseGram(G, d + 1 if full else 1)
         else:
             base = StructuredGram(arch, points, kind=kind, jacobian=full, tile=tile)
-    c = float(learning_rate) * arch.kappa**2 / n
+    # math.md's c = eta kappa^2 / N multiplies the kappa-free kernel; ours carries kappa^2.
+    c = float(learning_rate) / n
     return TrainingSystem(
         ScaledGram(base, lam if full else 1.0, jitter), arch, kind, points, lam, jitter, c, operator
     )
@@ -440,7 +442,8 @@ def predict(
     """Predictions of the infinite-width network trained by Jacobian-regularised gradient flow.
 
     ``F_t(x) = F_0(x) + Theta(x, X) D^{1/2} phi_t(B) D^{1/2} (Y - F_0(X))`` at every requested
-    time (math.md §4.4; ``psi_k`` for ``steps``), ``c = learning_rate * kappa^2 / N``.
+    time (math.md §4.4; ``psi_k`` for ``steps``), ``c = learning_rate * kappa^2 / N`` times the
+    kappa-free kernel (= ``learning_rate / N`` times jacntk's kernel, which carries ``kappa^2``).
 
     Parameters
     ----------
@@ -564,12 +567,13 @@ def _predictive_covariance(system: TrainingSystem, X_test, times, steps) -> np.n
 
 def max_stable_learning_rate(system: TrainingSystem, lambda_max: float | None = None) -> float:
     """Largest learning rate for which gradient descent is stable: ``c lambda_max(B) < 2``,
-    i.e. ``eta < 2 N / (kappa^2 lambda_max)`` (``lambda_max`` by Lanczos if not given)."""
+    i.e. ``eta < 2 N / lambda_max`` with ``B`` built from jacntk's kernel, which carries
+    ``kappa^2`` (``lambda_max`` by Lanczos if not given)."""
     from .solvers import extreme_eigenvalues
 
     if lambda_max is None:
         lambda_max = extreme_eigenvalues(system.B).largest
-    return 2.0 * system.n / (system.arch.kappa**2 * lambda_max)
+    return 2.0 * system.n / lambda_max
 
 
 __all__ = [

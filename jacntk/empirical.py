@@ -814,7 +814,8 @@ def train(
     ``theta_{k+1} = theta_k - learning_rate lr_l dL/dtheta`` (``lr_l`` from ``net.scaling``, 1
     in the NTK parametrisation): the Euler scheme, with unit time step, of the gradient flow
     ``theta' = -learning_rate grad L``.  In the infinite-width limit ``k`` steps give the discrete
-    predictor ``psi_k`` with ``c = learning_rate kappa^2 / N`` (math.md §4.4), i.e.
+    predictor ``psi_k`` with ``c = learning_rate kappa^2 / N`` on the kappa-free kernel
+    (math.md §4.4), i.e.
     ``jacntk.predict(..., steps=[k])``, close to the flow at ``times=[k]`` for small ``c``.
 
     Parameters

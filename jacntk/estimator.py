@@ -39,7 +39,8 @@ class KernelRegressor:
     time : float or None
         Training time ``t`` (gradient flow); None or ``inf`` for the converged predictor.
     learning_rate : float
-        ``eta`` in ``c = eta kappa^2 / N``.
+        ``eta``: the time scale is ``c = eta / N`` times jacntk's kernel (which carries
+        ``kappa^2``), i.e. ``eta kappa^2 / N`` times the kappa-free kernel (math.md §4.4).
     jitter : float
         Explicit ridge on ``B``.
     store : str or None

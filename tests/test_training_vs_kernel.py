@@ -61,7 +61,7 @@ def _dense_prediction(arch, X, y, X_test, F0_train, F0_test, k):
     Y = np.zeros_like(F0_train)
     Y[:, 0] = y
     z = V @ (f * (V.T @ (sqrt_d * (Y - F0_train).ravel())))
-    cross = kernel(arch, X_test, X, kind="ntk", jacobian=True)
+    cross = kernel(arch, X_test, X, kind="ntk", jacobian=True) / arch.kappa**2
     return F0_test + (cross @ (sqrt_d * z)).reshape(F0_test.shape)
 
 
@@ -82,7 +82,7 @@ def _predict(arch, X, y, X_test, F0_train, F0_test, **when):
 
 
 def test_trained_wide_networks_approach_the_kernel_ode_as_width_grows():
-    arch = MLP(1, "erf")
+    arch = MLP(1, "erf", kappa=0.5)  # kappa != 1: the time scale must carry kappa^2 once
     X, y, X_test = _data()
     errors = []
     for width in WIDTHS:
