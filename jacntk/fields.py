@@ -118,11 +118,14 @@ def _diag_chain(act, depth, omega, sb2, d, q, h):
 
 
 @njit(cache=True)
-def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, h, F):
-    """NNGP (kind 0) or NTK value of one pair: moments F00, F11 only."""
+def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, h, F, diag):
+    """NNGP (kind 0) or NTK value of one pair: moments F00, F11 only.  ``diag``: the pair is
+    ``(x, x)``, whose covariance is the diagonal chain's variance at every layer."""
     s = omega * p / d + sb2
     t = s
     for layer in range(depth):
+        if diag:
+            s = vi[layer]
         gaussian_moments(act, s, vi[layer], vj[layer], SCALAR, h, F)
         s_new = omega * F[0] + sb2
         t = s_new + omega * F[1] * t
@@ -148,8 +151,12 @@ def _gaussian_jets(omega, c, aq, br, m00, m11, m20, m02, m22, m31, m13, out):
 
 
 @njit(cache=True)
-def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T, nS, D):
-    """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T."""
+def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T, nS, D, diag):
+    """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T.
+
+    ``diag``: the pair is ``(x, x)``; its covariance is reset to the diagonal chain's variance
+    at every layer, because in the chaotic phase (chi > 1) ``c = a`` is an unstable fixed point
+    of the correlation map and round-off would otherwise grow like chi^L."""
     for k in range(8):
         S[k] = 0.0
     S[0] = omega * p / d + sb2
@@ -162,6 +169,8 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
         b = vj[layer]
         aq = vpi[layer]
         br = vpj[layer]
+        if diag:
+            S[0] = a
         code = gaussian_moments(act, S[0], a, b, order, h, F)
         if code == ANTIPODAL:
             # ReLU at theta = pi: g' = -alpha g, so 1{g>0} 1{g'>0} = 0 and only the bias remains.
@@ -256,6 +265,7 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h,
                     T,
                     nS,
                     D,
+                    symmetric and j == i,
                 )
                 for k in range(8):
                     out[k, i, j] = kappa2 * res[k]
@@ -325,6 +335,8 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
                 c[j] = omega * P[i, j] / d + sb2
                 th[j] = c[j]
             for layer in range(depth):
+                if symmetric:  # the pair (x_i, x_i): covariance = variance (see _pair_jets)
+                    c[i] = v1[i, layer]
                 if act == 0:
                     _erf_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
                 else:
@@ -354,7 +366,18 @@ def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric
             j0 = i if symmetric else 0
             for j in range(j0, n2):
                 out[i, j] = kappa2 * _pair_scalar(
-                    act, kind, depth, omega, sb2, P[i, j], d, v1[i], v2[j], h, F
+                    act,
+                    kind,
+                    depth,
+                    omega,
+                    sb2,
+                    P[i, j],
+                    d,
+                    v1[i],
+                    v2[j],
+                    h,
+                    F,
+                    symmetric and j == i,
                 )
     if symmetric:
         _mirror(out, out)

@@ -230,3 +230,21 @@ def test_relu_fields_agree_with_stable_blocks_incl_antipodal_and_near_pairs(kind
     from_fields = jacntk.augment(jacntk.kernel_fields(arch, X, kind=kind), X)
     assert np.isfinite(from_fields).all()
     assert rel_err(from_fields, stable) <= 1e-6
+
+
+def test_deep_chaotic_diagonal_stays_exact(rng):
+    """Chaotic phase (erf, sigma_w = 2, chi = 1.53): x = x' is an unstable fixed point of the
+    correlation map, so the diagonal must follow the variance chain exactly at every depth."""
+    X = rng.standard_normal((3, 4))
+    arch = jacntk.MLP(100, "erf", sigma_w=2.0)
+    v = 4.0 * (X**2).sum(1) / 4  # sigma_w^2 q / d
+    ntk = v.copy()
+    for _ in range(100):
+        A = 1 + 2 * v
+        sdot = 4 * 4 / (np.pi * np.sqrt(A * A - 4 * v * v))
+        v = 4 * 2 / np.pi * np.arcsin(2 * v / A)
+        ntk = v + sdot * ntk
+    np.testing.assert_allclose(np.diag(jacntk.kernel(arch, X, kind="ntk")), ntk, rtol=1e-10)
+    np.testing.assert_allclose(
+        np.diag(jacntk.kernel_fields(arch, X, kind="ntk").K), ntk, rtol=1e-10
+    )
