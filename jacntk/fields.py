@@ -64,6 +64,11 @@ KIND_CODES = {"nngp": 0, "ntk": 1, "ntk_truncated": 2}
 SMALL_TILE_PAIRS = 16384
 
 
+def transpose_fields(F: np.ndarray) -> np.ndarray:
+    """The fields of the swapped pair set: ``out[k] = F[FIELD_TRANSPOSE[k]].T`` (8, tj, ti)."""
+    return F[list(FIELD_TRANSPOSE)].transpose(0, 2, 1)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything a tile kernel needs besides the points: compiled-kernel arguments."""

@@ -38,8 +38,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from .arch import MLP
 from .blocks import augment, projected_kernel, structured_matmul
-from .fields import compute_tile, make_plan
-from .store import transpose_fields
+from .fields import compute_tile, make_plan, transpose_fields
 from .validation import as_pair, as_points
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .arch import MLP
 from .blocks import structured_matmul
-from .fields import FIELD_NAMES, FIELD_TRANSPOSE, Plan, compute_tile, make_plan
+from .fields import FIELD_NAMES, Plan, compute_tile, make_plan, transpose_fields
 from .validation import as_vector
 
 FORMAT = "jacntk-gram"
@@ -102,11 +102,6 @@ def check_tile(tile) -> int:
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
     return int(tile)
-
-
-def transpose_fields(F: np.ndarray) -> np.ndarray:
-    """The fields of the swapped pair set: ``out[k] = F[FIELD_TRANSPOSE[k]].T`` (8, tj, ti)."""
-    return F[list(FIELD_TRANSPOSE)].transpose(0, 2, 1)
 
 
 def run_concurrently(coroutines: list) -> list:

@@ -27,19 +27,6 @@ def points():
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
-@pytest.fixture(scope="module")
 def stores(client, points, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     assemble(ARCH, points, root / "k.zarr", kind="ntk", tile=16, client=client)

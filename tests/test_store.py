@@ -24,19 +24,6 @@ ARCH = jacntk.MLP(2, "erf", sigma_b=0.3)
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
-@pytest.fixture(scope="module")
 def points():
     return np.random.default_rng(7).standard_normal((45, 3)) / 1.5
 

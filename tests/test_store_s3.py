@@ -69,19 +69,6 @@ def s3(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 def test_assemble_query_resume_and_verify_on_s3(s3, client, rng):
     X = rng.standard_normal((50, 3)) / 2
     arch = jacntk.MLP(2, "erf")
