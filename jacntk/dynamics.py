@@ -49,8 +49,12 @@ from .solvers import (
 )
 from .validation import as_points
 
-#: Largest system size ``N * block`` for which ``operator="auto"`` forms the dense matrix.
+#: Largest system size ``N * block`` for the dense eigendecomposition of ``covariance=True``.
 DENSE_LIMIT = 6000
+#: ``operator='auto'`` keeps the scalar Gram / the augmented Gram dense in memory up to these
+#: sizes (bytes; assembling the augmented one needs a few times its size): a dense product is
+#: ~100x cheaper than recomputing the kernel for every product.
+DENSE_BYTES = {False: 4 * 2**30, True: 2**30}
 
 
 def is_store(obj) -> bool:
@@ -116,8 +120,9 @@ def training_system(
 ) -> TrainingSystem:
     """Build ``B`` for the training inputs ``X_train`` (an array or a ``GramStore``).
 
-    ``operator``: ``"auto"`` (the store if given, else dense up to ``DENSE_LIMIT`` rows, else
-    matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields per tile) or ``"stored"``.
+    ``operator``: ``"auto"`` (the store if given, else dense while the matrix takes at most
+    ``DENSE_BYTES``, else matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields per
+    tile) or ``"stored"``.
     """
     lam = _check_nonneg(jacobian_reg, "jacobian_reg")
     jitter = _check_nonneg(jitter, "jitter")
@@ -154,7 +159,7 @@ def training_system(
     if operator != "stored":
         size = n * (d + 1) if full else n
         if operator == "auto":
-            operator = "dense" if size <= DENSE_LIMIT else "structured"
+            operator = "dense" if 8 * size**2 <= DENSE_BYTES[full] else "structured"
         if operator == "dense":
             G = augment(kernel_fields(arch, points, kind=kind), points) if full else None
             if G is None:
