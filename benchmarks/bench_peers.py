@@ -470,7 +470,7 @@ def alternate(workers: dict, requests: dict, repeats: int) -> dict:
         times = res.pop("times")
         if times:
             res["seconds"] = {k: statistics.median(t[k] for t in times) for k in times[0]}
-            res["repeats"] = len(times)
+            res["repeats"] = len(times) if repeats > 0 else 0  # 0: the cold warm-up run only
     return out
 
 
@@ -935,6 +935,18 @@ def render(records: list[dict], versions: dict, args) -> str:
             "Peak memory of rows measured before the switch to VmHWM (ru_maxrss, which also "
             "counts the harness's resident size at fork time, at most ~0.4 GiB here): "
             + ", ".join(f"`{k}`" for k in old_rss),
+            "",
+        ]
+    cold = sorted(
+        row_key(r)
+        for r in records
+        if any(r.get(lib, {}).get("repeats") == 0 for lib in ("jacntk", "peer"))
+    )
+    if cold:
+        lines += [
+            "Rows timed from a single cold run (`--repeats 0` / `--dynamics-repeats 0`, used "
+            "for the largest sizes; the time includes JIT compilation or loading the compiled "
+            "cache, about 1-2 s for either library): " + ", ".join(f"`{k}`" for k in cold),
             "",
         ]
     notes = _errors(records)
