@@ -305,6 +305,22 @@ def _check_schedule(times, steps, learning_rate: float):
     return t, None
 
 
+def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
+    """``phi_inf(B) rhs = B^+ rhs`` for a dense ``B``: Cholesky when ``B`` is numerically
+    positive definite, else the eigendecomposition with eigenvalues below
+    ``n eps lambda_max`` treated as zero (the pseudo-inverse of math.md §4.4)."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
+
+    A = B.scale[:, None] * B.base.to_dense() * B.scale[None, :]
+    A.flat[:: A.shape[0] + 1] += B.jitter
+    try:
+        return cho_solve(cho_factor(A, lower=True, check_finite=False), rhs), "cholesky"
+    except LinAlgError:
+        w, V = eigh(0.5 * (A + A.T), check_finite=False)
+        keep = w > A.shape[0] * np.finfo(float).eps * max(w[-1], 0.0)
+        return V[:, keep] @ ((V[:, keep].T @ rhs) / w[keep, None]), "eigh (pseudo-inverse)"
+
+
 def solve_coefficients(
     system: TrainingSystem,
     residual: np.ndarray,
@@ -319,7 +335,8 @@ def solve_coefficients(
     callback=None,
 ) -> Coefficients:
     """Dual coefficients for every time: Lanczos for finite times (one Krylov basis per target
-    column), preconditioned CG on ``B`` (+ jitter) for ``t = inf``.
+    column); for ``t = inf`` a direct solve when ``B`` is dense in memory, else preconditioned
+    CG on ``B`` (+ jitter).
 
     Parameters
     ----------
@@ -360,7 +377,12 @@ def solve_coefficients(
                 stacklevel=3,
             )
     inf = [i for i in range(t.size) if np.isinf(t[i])]
-    if inf:
+    if inf and system.operator == "dense":
+        # In memory: a direct solve beats CG on these ill-conditioned matrices (math.md §6.4).
+        x, diag["solver"] = _dense_pinv_solve(B, rs)
+        Z[inf] = x
+    elif inf:
+        diag["solver"] = "cg"
         M = _preconditioner(B, preconditioner, rank)
         cg_cb = None if callback is None else (lambda it, r: callback(it, r))
         res = cg(B, rs, M=M, tol=tol, maxiter=maxiter, callback=cg_cb, warn=False)

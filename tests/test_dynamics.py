@@ -217,7 +217,16 @@ def test_non_converging_solve_warns_with_diagnostics(data):
     with pytest.warns(
         ConvergenceWarning, match=r"CG at t=inf did not converge.*iterations.*jitter 0"
     ):
-        p = predict(ARCH, X, y, Xt, times=[float("inf")], jacobian_reg=0.01, maxiter=3)
+        p = predict(
+            ARCH,
+            X,
+            y,
+            Xt,
+            times=[float("inf")],
+            jacobian_reg=0.01,
+            maxiter=3,
+            operator="structured",  # a dense B is solved directly; CG runs matrix-free
+        )
     assert "cg" in p.diagnostics and not p.diagnostics["cg_result"].converged.all()
     with pytest.warns(ConvergenceWarning, match="Lanczos did not reach tol"):
         predict(ARCH, X, y, Xt, times=[1e4], jacobian_reg=0.01, maxiter=4)
@@ -233,3 +242,21 @@ def test_max_stable_learning_rate_is_2n_over_lambda_max(data):
     assert eta == pytest.approx(2 * N / lam_max, rel=1e-8)
     with pytest.warns(RuntimeWarning, match="gradient descent is unstable"):
         predict(ARCH, X, y, Xt, steps=[5], jacobian_reg=0.1, learning_rate=1.5 * eta)
+
+
+def test_dense_t_inf_is_a_direct_solve_and_matches_cg(data):
+    X, y, Xt = data
+    direct = predict(ARCH, X, y, Xt, times=[float("inf")], jacobian_reg=0.01, jitter=1e-8)
+    iterative = predict(
+        ARCH,
+        X,
+        y,
+        Xt,
+        times=[float("inf")],
+        jacobian_reg=0.01,
+        jitter=1e-8,
+        operator="structured",
+        tol=1e-12,
+    )
+    assert direct.diagnostics["solver"] == "cholesky" and iterative.diagnostics["solver"] == "cg"
+    assert rel(direct.values, iterative.values) < 1e-6
