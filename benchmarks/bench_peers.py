@@ -582,6 +582,8 @@ def run_dynamics(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
     requests = {"jacntk": {**base, "out": str(tmp / "jac_dyn.npy")}}
     requests["peer"] = {**base, "out": str(tmp / "nt_dyn.npy")}
     rec = _record("dynamics", act=act, d=d, N=n, dtype=dtype, n_test=n_test, times=args.times)
+    if args.jacntk_blas_threads:
+        rec["jacntk_blas_threads"] = args.jacntk_blas_threads
     workers = start_workers(args, dtype, not args.no_peer)
     try:
         rec.update(alternate(workers, requests, args.dynamics_repeats))
@@ -775,11 +777,11 @@ def render(records: list[dict], versions: dict, args) -> str:
                 rows,
             ),
         ]
-    blas1 = [r for r in by_task.get("scalar", []) if r.get("jacntk_blas_threads")]
+    blas1 = [r for r in records if r.get("jacntk_blas_threads")]
     if blas1:
         lines += [
             "Rows "
-            + ", ".join(f"{r['act']} d={r['d']} N={r['N']} {r['dtype']}" for r in blas1)
+            + ", ".join(f"{r['task']} {r['act']} d={r['d']} N={r['N']}" for r in blas1)
             + " ran jacntk with OPENBLAS_NUM_THREADS=1 (`--jacntk-blas-threads 1`): with 2 "
             "OpenBLAS threads, numpy's `X @ X.T` (the SYRK path, scipy-openblas 0.3.31) "
             "segfaults for X of shape 20000 x 784 on this machine, reproduced outside jacntk "
