@@ -666,6 +666,19 @@ def _load(rec: dict) -> str:
     return f"{rec['load'][0]:.1f}"
 
 
+def _solver_label(rec: dict) -> str:
+    """'Lanczos 25 it, CG 2710 it' from jacntk.predict's diagnostics."""
+    import re
+
+    diag = rec.get("jacntk", {}).get("diagnostics", {})
+    parts = []
+    for key, name in (("lanczos", "Lanczos"), ("cg", "CG")):
+        found = re.search(r"(\d+) iterations", str(diag.get(key, "")))
+        if found:
+            parts.append(f"{name} {found.group(1)} it")
+    return ", ".join(parts) or "—"
+
+
 def _times_label(rec: dict) -> str:
     times = rec.get("times", TIMES)
     inf = any(np.isinf(times))
@@ -863,6 +876,7 @@ def render(records: list[dict], versions: dict, args) -> str:
                 r["N"],
                 r["n_test"],
                 _times_label(r),
+                _solver_label(r),
                 _s(r, "jacntk", "total"),
                 _s(r, "peer", "kernel"),
                 _s(r, "peer", "predict"),
@@ -878,7 +892,12 @@ def render(records: list[dict], versions: dict, args) -> str:
         lines += [
             "### Training dynamics: test predictions at 10 times (NTK, lam = 0, erf)",
             "",
-            "Times t = " + ", ".join(f"{t:g}" for t in TIMES) + ", learning rate 1. "
+            "Times: rows `incl. inf` use t = " + ", ".join(f"{t:g}" for t in TIMES) + "; rows "
+            "`finite only` use t = 0.1, 0.3, ..., 1000, 3000 (`--times`). Learning rate 1. "
+            "neural-tangents diagonalises the Gram once (`eigh`) for finite t and uses a "
+            "Cholesky solve at t = inf; jacntk runs Lanczos for finite t (one Krylov basis for "
+            "all times) and CG at t = inf (`jacntk solver` column, from `predict`'s diagnostics)."
+            " "
             "Conventions coincide: neural-tangents' `gradient_descent_mse` evolves "
             "exp(-eta t K / N) for one output (it divides by `y_train.size`), jacntk "
             "exp(-c t Theta) with c = eta kappa^2 / N and kappa^2 Theta = K (math.md §0.4): "
@@ -890,6 +909,7 @@ def render(records: list[dict], versions: dict, args) -> str:
                     "N",
                     "n_test",
                     "times",
+                    "jacntk solver",
                     "jacntk total s",
                     "NT kernel s",
                     "NT eigh+predict s",
