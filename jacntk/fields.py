@@ -402,15 +402,29 @@ def _mirror(src, dst):
                     dst[j, i] = src[i, j]
 
 
+#: Row-block size of the symmetric inner products (see ``_inner_products``).
+GEMM_BLOCK = 2048
+
+
 def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
-    """``P = X1 X2^T`` (a SYRK when symmetric) and the squared norms, with ``P_ii = q_i``
-    exactly on the diagonal of a symmetric Gram (so x = x' is recognised as such)."""
+    """``P = X1 X2^T`` and the squared norms, with ``P_ii = q_i`` exactly on the diagonal of a
+    symmetric Gram (so x = x' is recognised as such).
+
+    Symmetric tiles read only the upper triangle of ``P``, so only the blocks ``I <= J`` are
+    computed (half the flops of a GEMM, like a SYRK).  Each block is a GEMM of two distinct
+    arrays: OpenBLAS 0.3.31's threaded SYRK (what numpy uses for ``X @ X.T``) crashes for
+    X of shape 20000 x 784, while GEMM does not.
+    """
     q1 = np.einsum("ij,ij->i", X1, X1)
-    if symmetric:
-        P = X1 @ X1.T
-        np.fill_diagonal(P, q1)
-        return P, q1, q1
-    return X1 @ X2.T, q1, np.einsum("ij,ij->i", X2, X2)
+    if not symmetric:
+        return X1 @ X2.T, q1, np.einsum("ij,ij->i", X2, X2)
+    n = X1.shape[0]
+    P = np.empty((n, n))
+    for i in range(0, n, GEMM_BLOCK):
+        rows = X1[i : i + GEMM_BLOCK]
+        P[i : i + GEMM_BLOCK, i:] = rows @ np.ascontiguousarray(X1[i:].T)
+    np.fill_diagonal(P, q1)
+    return P, q1, q1
 
 
 @dataclass(frozen=True)
