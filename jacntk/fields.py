@@ -403,7 +403,7 @@ def _mirror(src, dst):
 
 
 #: Row-block size of the symmetric inner products (see ``_inner_products``).
-GEMM_BLOCK = 2048
+GEMM_BLOCK = 5000
 
 
 def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
@@ -411,9 +411,9 @@ def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
     symmetric Gram (so x = x' is recognised as such).
 
     Symmetric tiles read only the upper triangle of ``P``, so only the blocks ``I <= J`` are
-    computed (half the flops of a GEMM, like a SYRK).  Each block is a GEMM of two distinct
-    arrays: OpenBLAS 0.3.31's threaded SYRK (what numpy uses for ``X @ X.T``) crashes for
-    X of shape 20000 x 784, while GEMM does not.
+    computed (half the flops of a GEMM): SYRK on the diagonal blocks, GEMM off them.  The
+    blocks keep each SYRK at most ``GEMM_BLOCK`` rows: OpenBLAS 0.3.31's threaded SYRK (what
+    numpy uses for ``X @ X.T``) crashes for X of shape 20000 x 784 (measured here).
     """
     q1 = np.einsum("ij,ij->i", X1, X1)
     if not symmetric:
@@ -421,8 +421,11 @@ def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
     n = X1.shape[0]
     P = np.empty((n, n))
     for i in range(0, n, GEMM_BLOCK):
-        rows = X1[i : i + GEMM_BLOCK]
-        P[i : i + GEMM_BLOCK, i:] = rows @ np.ascontiguousarray(X1[i:].T)
+        j = i + GEMM_BLOCK
+        rows = X1[i:j]
+        P[i:j, i:j] = rows @ rows.T  # SYRK on a block small enough for OpenBLAS
+        if j < n:
+            P[i:j, j:] = rows @ X1[j:].T
     np.fill_diagonal(P, q1)
     return P, q1, q1
 
