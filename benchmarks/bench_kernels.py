@@ -31,7 +31,10 @@ arch = jacntk.MLP(cfg["depth"], cfg["activation"])
 mode = cfg["mode"]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def run():
-    if mode == "scalar":
+    if mode == "gemm":
+        from jacntk.fields import _inner_products
+        _inner_products(X, X, True)
+    elif mode == "scalar":
         for kind in ("nngp", "ntk"):
             compute_tile(arch, X, kind=kind)
     elif mode == "fields":
@@ -105,15 +108,18 @@ def main(argv=None) -> None:
             )
             pairs = 2 * n_scalar**2  # NNGP and NTK, each n^2 pairs
             target = 0.5 if d == 10 else 2.0
+            per_kernel = r["median"] / 2
+            verdict = "met" if per_kernel <= target else "MISSED"
             rows.append(
                 [
                     f"NTK+NNGP {activation}",
                     n_scalar,
                     d,
                     f"{r['median']:.3f}",
+                    f"{per_kernel:.3f}",
                     f"{pairs / r['median']:.3g}",
                     f"{r['extra_mib']:.0f} (2 outputs: {2 * 8 * n_scalar**2 / 2**20:.0f})",
-                    f"{target} s per kernel" if n_scalar == 10_000 else "-",
+                    f"{target} s: {verdict}" if n_scalar == 10_000 else "-",
                 ]
             )
     for d in (10, 784):
@@ -134,12 +140,31 @@ def main(argv=None) -> None:
                 n_fields,
                 d,
                 f"{r['median']:.3f}",
+                "-",
                 f"{n_fields**2 / r['median']:.3g}",
                 f"{r['extra_mib']:.0f} (output: {8 * 8 * n_fields**2 / 2**20:.0f})",
                 "-",
             ]
         )
-    body = table(["what", "N", "d", "median s", "pairs/s", "peak extra MiB", "target"], rows)
+    gemm = run_worker(
+        {
+            "mode": "gemm",
+            "n": n_scalar,
+            "d": 784,
+            "depth": 3,
+            "activation": "erf",
+            "repeats": repeats,
+        },
+        threads,
+    )
+    body = table(
+        ["what", "N", "d", "median s", "per kernel s", "pairs/s", "peak extra MiB", "target"],
+        rows,
+    )
+    body += (
+        "\nFloor: the inner products alone (`_inner_products`, upper-triangle SYRK/GEMM) take "
+        f"{gemm['median']:.3f} s for N = {n_scalar}, d = 784 on this machine.\n"
+    )
     body += (
         f"\nDepth 3, sigma_w = 1, sigma_b = 0, float64, {threads} Numba threads, "
         f"{repeats} repetitions (medians); inputs standardised to |x|^2 ~ 4. "
