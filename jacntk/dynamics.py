@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .arch import MLP
 from .blocks import augment
@@ -49,6 +50,8 @@ from .solvers import (
 )
 from .validation import as_points
 
+#: Largest matrix factorised by threaded LAPACK (see ``_dense_pinv_solve``).
+THREADED_CHOLESKY_LIMIT = 12000
 #: Largest system size ``N * block`` for the dense eigendecomposition of ``covariance=True``.
 DENSE_LIMIT = 6000
 #: ``operator='auto'`` keeps the scalar Gram / the augmented Gram dense in memory up to these
@@ -311,12 +314,22 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     ``n eps lambda_max`` treated as zero (the pseudo-inverse of math.md §4.4)."""
     from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
 
-    A = B.scale[:, None] * B.base.to_dense() * B.scale[None, :]
+    A = B.base.to_dense() * B.scale[:, None]  # one copy; factorised in place below
+    A *= B.scale[None, :]
     A.flat[:: A.shape[0] + 1] += B.jitter
+    # OpenBLAS 0.3.31's threaded Cholesky segfaults from n ~ 16000 (measured here); one BLAS
+    # thread is safe there.
+    threads = 1 if A.shape[0] > THREADED_CHOLESKY_LIMIT else None
     try:
-        return cho_solve(cho_factor(A, lower=True, check_finite=False), rhs), "cholesky"
+        with threadpool_limits(limits=threads, user_api="blas"):
+            factor = cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
+        return cho_solve(factor, rhs), "cholesky"
     except LinAlgError:
-        w, V = eigh(0.5 * (A + A.T), check_finite=False)
+        A = B.base.to_dense() * B.scale[:, None]  # the failed factorisation overwrote A
+        A *= B.scale[None, :]
+        A.flat[:: A.shape[0] + 1] += B.jitter
+        with threadpool_limits(limits=threads, user_api="blas"):
+            w, V = eigh(0.5 * (A + A.T), check_finite=False)
         keep = w > A.shape[0] * np.finfo(float).eps * max(w[-1], 0.0)
         return V[:, keep] @ ((V[:, keep].T @ rhs) / w[keep, None]), "eigh (pseudo-inverse)"
 
