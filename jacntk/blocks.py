@@ -144,6 +144,18 @@ def _check_directions(U, n: int, d: int, name: str) -> np.ndarray:
     return U
 
 
+def check_direction_pair(U1, U2, symmetric: bool, n1: int, n2: int, d: int):
+    """Validated ``(U1, U2)`` of shapes (n1, p, d), (n2, p, d); ``U2`` defaults to ``U1`` for
+    a symmetric Gram."""
+    U1 = _check_directions(U1, n1, d, "U1")
+    U2 = U1 if U2 is None and symmetric else _check_directions(U2, n2, d, "U2")
+    if U1.shape[1] != U2.shape[1]:
+        raise ValueError(
+            f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
+        )
+    return U1, U2
+
+
 def projected_kernel(fields: KernelFields | np.ndarray, X1, X2, U1, U2=None) -> np.ndarray:
     """Blocks of size (1+p) for p chosen directions per point, from the same fields.
 
@@ -164,12 +176,7 @@ def projected_kernel(fields: KernelFields | np.ndarray, X1, X2, U1, U2=None) -> 
     A, B = _check_points(K[None], X1, X2)
     n1, d = A.shape
     n2 = B.shape[0]
-    U1 = _check_directions(U1, n1, d, "U1")
-    U2 = U1 if U2 is None and X2 is None else _check_directions(U2, n2, d, "U2")
-    if U1.shape[1] != U2.shape[1]:
-        raise ValueError(
-            f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
-        )
+    U1, U2 = check_direction_pair(U1, U2, X2 is None, n1, n2, d)
     p = U1.shape[1]
     ux = np.einsum("iad,id->ia", U1, A)  # u_a . x        (n1, p)
     uz = np.einsum("iad,jd->ija", U1, B)  # u_a . x'      (n1, n2, p)

@@ -497,51 +497,12 @@ def _compute(plan: Plan, A: np.ndarray, B: np.ndarray, symmetric: bool, jacobian
         if symmetric
         else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.h)
     )
+    common = (plan.act, plan.kind, plan.depth, plan.omega, plan.sb2, plan.kappa2, P, d)
     if jacobian:
-        return fields_tile(
-            plan.act,
-            plan.kind,
-            plan.depth,
-            plan.omega,
-            plan.sb2,
-            plan.kappa2,
-            P,
-            d,
-            v1,
-            vp1,
-            v2,
-            vp2,
-            plan.h,
-            symmetric,
-        )
+        return fields_tile(*common, v1, vp1, v2, vp2, plan.h, symmetric)
     if plan.act in (0, 1):
-        return _closed_form_scalar_tile(
-            plan.act,
-            plan.kind,
-            plan.depth,
-            plan.omega,
-            plan.sb2,
-            plan.kappa2,
-            P,
-            d,
-            v1,
-            v2,
-            symmetric,
-        )
-    return scalar_tile(
-        plan.act,
-        plan.kind,
-        plan.depth,
-        plan.omega,
-        plan.sb2,
-        plan.kappa2,
-        P,
-        d,
-        v1,
-        v2,
-        plan.h,
-        symmetric,
-    )
+        return _closed_form_scalar_tile(*common, v1, v2, symmetric)
+    return scalar_tile(*common, v1, v2, plan.h, symmetric)
 
 
 def kernel_fields(arch: MLP, X1, X2=None, *, kind: str = "ntk") -> KernelFields:

@@ -689,18 +689,13 @@ def relu_projected_kernel(arch: MLP, X1, X2, U1, U2=None, *, kind: str = "nngp")
     -------
     (n1 (1+p), n2 (1+p)) float64, point-major.  Cost O(n1 n2 p (d + p d)).
     """
-    from .blocks import _check_directions  # the direction checks of the field route
+    from .blocks import check_direction_pair  # the direction checks of the field route
 
     blocks = relu_stable_blocks(arch, X1, X2, kind=kind)
     A, B, _ = as_pair(X1, X2)
     n1, d = A.shape
     n2 = B.shape[0]
-    U1 = _check_directions(U1, n1, d, "U1")
-    U2 = U1 if U2 is None and X2 is None else _check_directions(U2, n2, d, "U2")
-    if U1.shape[1] != U2.shape[1]:
-        raise ValueError(
-            f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
-        )
+    U1, U2 = check_direction_pair(U1, U2, X2 is None, n1, n2, d)
     p = U1.shape[1]
     R, iso, u1, u2 = blocks.coef, blocks.iso, blocks.u1, blocks.u2
     y1 = np.stack(
