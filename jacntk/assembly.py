@@ -302,7 +302,7 @@ def assemble(
         check_tile(tile)
     location = StoreLocation.of(store, storage_options)
     n, d = X.shape
-    plan = make_plan(arch, kind, jacobian, float(np.einsum("ij,ij->i", X, X).max()), d)
+    plan = make_plan(arch, kind, jacobian)
     meta, created = prepare_store(
         location,
         arch,

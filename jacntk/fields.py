@@ -82,13 +82,12 @@ class Plan:
     h: float  # trapezoid step of quadrature activations (0 for closed forms)
 
 
-def make_plan(arch: MLP, kind: str, jacobian: bool, *_unused) -> Plan:
+def make_plan(arch: MLP, kind: str, jacobian: bool) -> Plan:
     """Validate ``kind`` for ``arch`` and collect the compiled kernels' arguments.
 
     The quadrature of smooth activations adapts its node count to each pair's variances
     (:func:`jacntk.moments.gaussian_moments`), so a plan depends on the architecture and kind
-    only and is shared by all tiles of a Gram matrix.  (Extra positional arguments are accepted
-    and ignored for callers written against the earlier node-count interface.)
+    only and is shared by all tiles of a Gram matrix.
     """
     check_kind(arch, kind, jacobian)
     act = ACT_CODES[arch.activation]

@@ -225,9 +225,7 @@ class StructuredGram(GramOperator):
         self.jacobian = bool(jacobian)
         block = 1 if not self.jacobian else (d + 1 if self.directions is None else 1 + U.shape[1])
         super().__init__(n, block)
-        self.plan = make_plan(
-            arch, kind, self.jacobian, float(np.einsum("ij,ij->i", X, X).max()), d
-        )
+        self.plan = make_plan(arch, kind, self.jacobian)
         self.tiles = _tiles(n, tile)
         self.cache = {} if cache else None
 
@@ -495,8 +493,7 @@ class CrossGram(LinearOperator):
         self.d = A.shape[1]
         self.gradients, self.jacobian_columns = bool(gradients), bool(jacobian_columns)
         self.fields = self.gradients or self.jacobian_columns
-        q = max(np.einsum("ij,ij->i", A, A).max(), np.einsum("ij,ij->i", B, B).max())
-        self.plan = make_plan(arch, kind, self.fields, float(q), self.d)
+        self.plan = make_plan(arch, kind, self.fields)
         self.rows_per = self.d + 1 if self.gradients else 1
         self.cols_per = self.d + 1 if self.jacobian_columns else 1
         self.test_tiles, self.train_tiles = _tiles(A.shape[0], tile), _tiles(B.shape[0], tile)
