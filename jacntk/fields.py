@@ -216,6 +216,22 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
             S[k] = nS[k]
 
 
+@njit(cache=True, inline="always")
+def _rows_of_task(t, n1, symmetric):
+    """Rows handled by parallel task ``t``: symmetric tiles pair row ``t`` (long) with row
+    ``n1 - 1 - t`` (short) so that every task does the same work over the upper triangle."""
+    if not symmetric:
+        return 1
+    return 1 if n1 - 1 - t == t else 2
+
+
+@njit(cache=True, inline="always")
+def _task_row(t, rep, n1, symmetric):
+    """``(row, first column)`` of the ``rep``-th row of task ``t`` (see ``_rows_of_task``)."""
+    i = np.int64(t) if rep == 0 else n1 - 1 - np.int64(t)
+    return i, (i if symmetric else 0)
+
+
 @njit(cache=True, parallel=True)
 def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h, symmetric):
     """The eight fields for all pairs of a tile.
@@ -243,13 +259,8 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h,
         nS = np.empty(8)
         D = np.empty(8)
         res = S if kind == 0 else T
-        for rep in range(2 if symmetric else 1):
-            i = np.int64(t)
-            if rep == 1:
-                if n1 - 1 - i == i:
-                    break
-                i = n1 - 1 - i
-            j0 = i if symmetric else 0
+        for rep in range(_rows_of_task(t, n1, symmetric)):
+            i, j0 = _task_row(t, rep, n1, symmetric)
             for j in range(j0, n2):
                 _pair_jets(
                     act,
@@ -328,13 +339,8 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
     for t in prange(n_rows):
         c = np.empty(n2)
         th = np.empty(n2)
-        for rep in range(2 if symmetric else 1):
-            i = np.int64(t)
-            if rep == 1:
-                if n1 - 1 - i == i:
-                    break
-                i = n1 - 1 - i
-            j0 = i if symmetric else 0
+        for rep in range(_rows_of_task(t, n1, symmetric)):
+            i, j0 = _task_row(t, rep, n1, symmetric)
             for j in range(j0, n2):
                 c[j] = omega * P[i, j] / d + sb2
                 th[j] = c[j]
@@ -361,13 +367,8 @@ def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric
     n_rows = (n1 + 1) // 2 if symmetric else n1
     for t in prange(n_rows):
         F = np.empty(N_MOMENTS)
-        for rep in range(2 if symmetric else 1):
-            i = np.int64(t)
-            if rep == 1:
-                if n1 - 1 - i == i:
-                    break
-                i = n1 - 1 - i
-            j0 = i if symmetric else 0
+        for rep in range(_rows_of_task(t, n1, symmetric)):
+            i, j0 = _task_row(t, rep, n1, symmetric)
             for j in range(j0, n2):
                 out[i, j] = kappa2 * _pair_scalar(
                     act,
