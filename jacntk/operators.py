@@ -33,7 +33,9 @@ block-Jacobi preconditioner of :mod:`jacntk.solvers` inverts each block in O(d) 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from numba import njit, prange
 from scipy.sparse.linalg import LinearOperator
 
 from .arch import MLP
@@ -80,6 +82,83 @@ def tile_product(tile_data: np.ndarray, X1, X2, V, directions=None) -> np.ndarra
     return structured_matmul(tile_data, X1, X2, V)
 
 
+#: Up to this many columns a scalar tile is multiplied by the Numba kernel below (one pass over
+#: the tile in its stored precision); more columns go through a float64 copy and BLAS.
+STREAMED_COLUMNS = 32
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _scalar_tile_pair(T, Vt, outt, i0, j0, mirror, nch):  # pragma: no cover - compiled
+    """``outt[:, i0:i0+ti] += (T Vt[:, j0:j0+tj]^T)^T`` and, if ``mirror``,
+    ``outt[:, j0:j0+tj] += (T^T Vt[:, i0:i0+ti]^T)^T``, reading ``T`` (float32 or float64) once
+    and accumulating in float64; rows of ``T`` in blocks of four per thread, the mirrored sums in
+    a private buffer for each of the ``nch`` threads."""
+    ti, tj = T.shape
+    k = Vt.shape[0]
+    bufs = np.zeros((nch, k, tj if mirror else 0))
+    nblk = (ti + 3) // 4
+    for c in prange(nch):
+        buf = bufs[c]
+        for b in range(c * nblk // nch, (c + 1) * nblk // nch):
+            r = 4 * b
+            if r + 4 <= ti:
+                T0, T1, T2, T3 = T[r], T[r + 1], T[r + 2], T[r + 3]
+                for m in range(k):
+                    vj = Vt[m, j0 : j0 + tj]
+                    w0, w1 = Vt[m, i0 + r], Vt[m, i0 + r + 1]
+                    w2, w3 = Vt[m, i0 + r + 2], Vt[m, i0 + r + 3]
+                    a0 = a1 = a2 = a3 = 0.0
+                    for q in range(tj):
+                        t0, t1 = np.float64(T0[q]), np.float64(T1[q])
+                        t2, t3 = np.float64(T2[q]), np.float64(T3[q])
+                        v = vj[q]
+                        a0 += t0 * v
+                        a1 += t1 * v
+                        a2 += t2 * v
+                        a3 += t3 * v
+                        if mirror:
+                            buf[m, q] += t0 * w0 + t1 * w1 + t2 * w2 + t3 * w3
+                    outt[m, i0 + r] += a0
+                    outt[m, i0 + r + 1] += a1
+                    outt[m, i0 + r + 2] += a2
+                    outt[m, i0 + r + 3] += a3
+            else:
+                for a in range(r, ti):
+                    Ta = T[a]
+                    for m in range(k):
+                        w = Vt[m, i0 + a]
+                        acc = 0.0
+                        for q in range(tj):
+                            t = np.float64(Ta[q])
+                            acc += t * Vt[m, j0 + q]
+                            if mirror:
+                                buf[m, q] += t * w
+                        outt[m, i0 + a] += acc
+    if mirror:
+        for c in range(nch):
+            outt[:, j0 : j0 + tj] += bufs[c]
+
+
+def _scalar_symmetric_product(tiles, slices, V: np.ndarray) -> np.ndarray:
+    if V.shape[1] > STREAMED_COLUMNS:  # compute-bound: BLAS on a float64 copy of each tile
+        out = np.zeros_like(V)
+        for i, j, data in tiles:
+            T = np.asarray(data, dtype=np.float64)
+            out[slices[i]] += T @ V[slices[j]]
+            if j != i:
+                out[slices[j]] += T.T @ V[slices[i]]
+        return out
+    Vt = np.ascontiguousarray(V.T)
+    outt = np.zeros_like(Vt)
+    threads = numba.get_num_threads()
+    for i, j, data in tiles:
+        T = np.ascontiguousarray(
+            data if data.dtype in (np.float32, np.float64) else data.astype(np.float64)
+        )
+        _scalar_tile_pair(T, Vt, outt, slices[i].start, slices[j].start, j != i, threads)
+    return np.ascontiguousarray(outt.T)
+
+
 def symmetric_product(tiles, slices, points, block: int, V, directions=None) -> np.ndarray:
     """``G V`` for a symmetric Gram given by its upper tiles.
 
@@ -87,7 +166,11 @@ def symmetric_product(tiles, slices, points, block: int, V, directions=None) -> 
     ``(8, ti, tj)``); tile ``(j, i)`` is applied as the transpose (``transpose_fields`` for
     fields), so each upper tile is used twice: ``y_i += T_ij V_j``, ``y_j += T_ij^T V_i``.
     ``slices[i]`` are the point indices of tile ``i``; ``points`` (N, d) are needed for fields.
+    Scalar tiles may be float32 (a float32 store): they are read once, in their own precision,
+    and the sums are accumulated in float64.
     """
+    if block == 1 and directions is None:
+        return _scalar_symmetric_product(tiles, slices, V)
     out = np.zeros_like(V)
 
     def pts(sl):
@@ -284,6 +367,19 @@ class StructuredGram(GramOperator):
         return out
 
 
+def available_memory_mib() -> float:
+    """Memory available to new allocations, in MiB (``MemAvailable`` of ``/proc/meminfo``,
+    which counts reclaimable page cache; 1024 where that cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 1024.0
+
+
 def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
     """Tile-row ``i`` of a stored Gram times ``V``: ``sum_J tile(i, J) V_J`` (reads row i only)."""
     X = np.asarray(store.points) if store.jacobian and not values_only else None
@@ -319,10 +415,11 @@ class StoredGram(GramOperator):
         Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
     values_only : bool
         For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
-    cache_mb : float
-        Without a client: if the stored upper tiles (as float64) take at most this many MiB,
-        they are read once, on the first product, and kept in memory; larger Grams are
-        streamed from the store on every product.
+    cache_mb : float, optional
+        Without a client: if the stored upper tiles (scalar tiles in the stored dtype, fields
+        as float64) take at most this many MiB, they are read once, on the first product, and
+        kept in memory; larger Grams are streamed from the store on every product.  Default:
+        half of the memory available now (``MemAvailable``), so a Gram that fits is read once.
 
     Notes
     -----
@@ -330,7 +427,9 @@ class StoredGram(GramOperator):
     field tile through :func:`jacntk.structured_matmul`.
     """
 
-    def __init__(self, store, *, client=None, values_only: bool = False, cache_mb: float = 1024.0):
+    def __init__(
+        self, store, *, client=None, values_only: bool = False, cache_mb: float | None = None
+    ):
         if not store.complete:
             missing = store.missing_tiles()
             raise ValueError(
@@ -349,21 +448,30 @@ class StoredGram(GramOperator):
         self.arch, self.kind = store.arch, store.kind
         block = 1 if self.values_only else store.d + 1
         super().__init__(store.n, block)
-        per_entry = 8 * (1 if self.values_only else 8)
+        # scalar tiles are kept in the stored precision (a float32 store: half the memory)
+        per_entry = np.dtype(store.dtype).itemsize if not store.jacobian else 8
+        per_entry *= 1 if self.values_only else 8
         self._cache = None
+        if cache_mb is None:
+            cache_mb = available_memory_mib() / 2
         self.cached = client is None and store.n * (store.n + store.tile) / 2 * per_entry <= (
             cache_mb * 2**20
         )
 
     def _upper_tiles(self):
-        """Upper tiles ``(i, j, float64 data)``, read once into memory."""
+        """Upper tiles ``(i, j, data)``, read once into memory (scalar tiles in the stored
+        dtype, fields as float64)."""
         if self._cache is None:
             n_t = self.store.n_tiles
             cache = []
             for i in range(n_t):
                 for j in range(i, n_t):
-                    data = np.asarray(self.store.tile_block(i, j), dtype=np.float64)
-                    cache.append((i, j, data[0] if self.values_only and data.ndim == 3 else data))
+                    if not self.store.jacobian:
+                        data = self.store.upper_tile(i, j)
+                    else:
+                        data = np.asarray(self.store.tile_block(i, j), dtype=np.float64)
+                        data = data[0] if self.values_only else data
+                    cache.append((i, j, data))
             self._cache = cache
         return self._cache
 

@@ -423,11 +423,12 @@ class KrylovResult:
 
     Attributes
     ----------
-    values : (n_functions, n) approximations of ``f_j(A) v``
-    converged : (n_functions,) bool
-    error_estimates : (n_functions,) a-posteriori relative error estimates
-    iterations : int, Krylov dimension used (products with the operator)
-    ritz_min, ritz_max : float, extreme Ritz values of ``A`` at the end
+    values : (n_functions, n) or (n_functions, n, k) approximations of ``f_j(A) v``, one per
+        start vector when ``k`` were given
+    converged : (n_functions,) or (n_functions, k) bool
+    error_estimates : (n_functions,) or (n_functions, k) a-posteriori relative error estimates
+    iterations : int, largest Krylov dimension used (products with the operator per column)
+    ritz_min, ritz_max : float, extreme Ritz values of ``A`` at the end (over all columns)
     """
 
     values: np.ndarray
@@ -445,20 +446,37 @@ class KrylovResult:
         )
 
 
-def _lanczos(A: LinearOperator, v: np.ndarray, maxiter: int):
-    """Lanczos with full reorthogonalisation (classical Gram–Schmidt, twice).
+class _Lanczos:
+    """One Lanczos recurrence with full reorthogonalisation (classical Gram–Schmidt, twice); the
+    caller applies the operator, so several recurrences can share one ``matmat`` per step.
 
-    Yields ``(m, alpha[:m], beta[:m-1], Q[:m], invariant)`` after each step, where the rows of
-    ``Q`` are the orthonormal basis and ``T_m = tridiag(beta, alpha, beta)``; ``invariant`` is
-    True when the Krylov space is invariant (then ``T_m`` is exact and the iteration ends).
+    After ``m`` calls of :meth:`advance`, the rows of ``Q[:m]`` are the orthonormal basis and
+    ``T_m = tridiag(beta, alpha, beta)``; ``vector`` is the next vector to multiply.
     """
-    n = v.size
-    Q = np.empty((maxiter + 1, n))
-    Q[0] = v / np.linalg.norm(v)
-    alpha = np.empty(maxiter)
-    beta = np.empty(maxiter)
-    for m in range(maxiter):
-        w = A.matvec(Q[m])
+
+    def __init__(self, v: np.ndarray, maxiter: int):
+        self.Q = np.empty((maxiter + 1, v.size))  # pages are touched only as the basis grows
+        self.Q[0] = v / np.linalg.norm(v)
+        self._alpha = np.empty(maxiter)
+        self._beta = np.empty(maxiter)
+        self.m = 0
+        self.invariant = False
+
+    @property
+    def vector(self) -> np.ndarray:
+        return self.Q[self.m]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return self._alpha[: self.m]
+
+    @property
+    def beta(self) -> np.ndarray:
+        return self._beta[: max(self.m - 1, 0)]
+
+    def advance(self, w: np.ndarray) -> None:
+        """Take ``w = A q_m`` and extend the basis by one vector."""
+        m, Q, alpha, beta = self.m, self.Q, self._alpha, self._beta
         alpha[m] = Q[m] @ w
         w = w - alpha[m] * Q[m] - (beta[m - 1] * Q[m - 1] if m > 0 else 0.0)
         for _ in range(2):
@@ -469,17 +487,16 @@ def _lanczos(A: LinearOperator, v: np.ndarray, maxiter: int):
                 f"Lanczos produced NaN at step {m + 1}: the operator returned non-finite values"
             )
         scale = max(np.abs(alpha[: m + 1]).max(), beta[: m + 1].max())
-        invariant = bool(beta[m] <= 1e-14 * scale)
-        yield m + 1, alpha[: m + 1], beta[:m], Q[: m + 1], invariant
-        if invariant:
-            return
-        Q[m + 1] = w / beta[m]
+        self.invariant = bool(beta[m] <= 1e-14 * scale)
+        self.m = m + 1
+        if not self.invariant and self.m < Q.shape[0]:
+            Q[self.m] = w / beta[m]
 
-
-def _ritz(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if alpha.size == 1:
-        return alpha.copy(), np.ones((1, 1))
-    return eigh_tridiagonal(alpha, beta)
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values ``theta`` and eigenvectors ``S`` of ``T_m``."""
+        if self.m == 1:
+            return self.alpha.copy(), np.ones((1, 1))
+        return eigh_tridiagonal(self.alpha, self.beta)
 
 
 def lanczos_functions(
@@ -493,24 +510,30 @@ def lanczos_functions(
     callback: Callable[[int, np.ndarray], None] | None = None,
     warn: bool = True,
 ) -> KrylovResult:
-    """``f_j(A) v`` for every function ``f_j`` in one Krylov basis (symmetric ``A``).
+    """``f_j(A) v`` for every function ``f_j`` in one Krylov basis per start vector (symmetric
+    ``A``).
 
     Lanczos with full reorthogonalisation builds ``Q_m`` and the tridiagonal
     ``T_m = Q_m^T A Q_m``; then ``f(A) v ~ |v| Q_m f(T_m) e_1`` with ``f(T_m) = S f(theta) S^T``
     from ``eigh_tridiagonal``.  Every ``check_every`` steps the error of each ``f_j`` is
     estimated by the change of its coefficient vector since the previous check,
-    ``|y_m - [y_prev; 0]| / |y_m|``, and the iteration stops when every estimate is at most
-    ``tol`` (or the Krylov space is invariant: then the result is exact).
+    ``|y_m - [y_prev; 0]| / |y_m|``, and a start vector stops when every estimate is at most
+    ``tol`` (or its Krylov space is invariant: then the result is exact).
+
+    With ``k`` start vectors (``v`` of shape (n, k)) the ``k`` recurrences run in lockstep: one
+    ``A.matmat`` of the still-running columns per step, so an operator whose cost is reading
+    the matrix (a stored or matrix-free Gram) is read once per step for all of them.
 
     Parameters
     ----------
     A : symmetric operator (n, n)
-    v : (n,) start vector
+    v : (n,) or (n, k) start vector(s)
     functions : callables applied elementwise to Ritz values
     tol : relative tolerance on each function's error estimate
     maxiter : largest Krylov dimension, default ``min(n, 1000)``
     check_every : steps between error checks
-    callback : ``callback(iteration, error_estimates)`` at each check
+    callback : ``callback(iteration, error_estimates)`` at each check; the estimates have the
+        shape of ``KrylovResult.error_estimates``
 
     Returns
     -------
@@ -518,46 +541,70 @@ def lanczos_functions(
     """
     A = _operator(A)
     n = A.shape[0]
-    v = np.asarray(v, dtype=np.float64)
-    if v.shape != (n,):
-        raise ValueError(f"start vector must have shape ({n},), got {v.shape}")
-    if not np.isfinite(v).all():
+    V = np.asarray(v, dtype=np.float64)
+    single = V.ndim == 1
+    if single:
+        V = V[:, None]
+    if V.ndim != 2 or V.shape[0] != n:
+        raise ValueError(f"start vector must have shape ({n},) or ({n}, k), got {np.shape(v)}")
+    if not np.isfinite(V).all():
         raise ValueError("start vector contains NaN or inf")
-    nf = len(functions)
+    nf, k = len(functions), V.shape[1]
     if nf == 0:
         raise ValueError("no functions requested")
     maxiter = min(n, 1000) if maxiter is None else min(int(maxiter), n)
-    vnorm = float(np.linalg.norm(v))
-    if vnorm == 0.0:
-        return KrylovResult(np.zeros((nf, n)), np.ones(nf, bool), np.zeros(nf), 0, 0.0, 0.0)
-    est = np.full(nf, np.inf)
-    coeffs: list = [None] * nf
-    theta = np.zeros(1)
-    for m, alpha, beta, Q, invariant in _lanczos(A, v, maxiter):  # noqa: B007
-        if not (invariant or m == maxiter or m % check_every == 0):
-            continue
-        theta, S = _ritz(alpha, beta)
-        for j, f in enumerate(functions):
-            y = S @ (np.asarray(f(theta), dtype=np.float64) * S[0]) * vnorm
-            if invariant:
-                est[j] = 0.0
-            elif coeffs[j] is not None:
-                diff = y.copy()
-                diff[: coeffs[j].size] -= coeffs[j]
-                est[j] = np.linalg.norm(diff) / max(np.linalg.norm(y), 1e-300)
-            coeffs[j] = y
-        if callback is not None:
-            callback(m, est.copy())
-        if invariant or (est <= tol).all():
-            break
-    values = np.stack([Q[: c.size].T @ c for c in coeffs])
+    vnorm = np.linalg.norm(V, axis=0)
+    est = np.full((nf, k), np.inf)
+    est[:, vnorm == 0.0] = 0.0
+    coeffs: list = [[None] * nf for _ in range(k)]
+    runs = {j: _Lanczos(V[:, j], maxiter) for j in range(k) if vnorm[j] > 0}
+    active = list(runs)
+    ritz = [np.inf, -np.inf]
+    while active:
+        W = A.matmat(np.stack([runs[j].vector for j in active], axis=1))
+        checked = False
+        for col, j in enumerate(active):
+            run = runs[j]
+            run.advance(W[:, col])
+            m = run.m
+            if not (run.invariant or m == maxiter or m % check_every == 0):
+                continue
+            checked = True
+            theta, S = run.ritz()
+            for i, f in enumerate(functions):
+                y = S @ (np.asarray(f(theta), dtype=np.float64) * S[0]) * vnorm[j]
+                if run.invariant:
+                    est[i, j] = 0.0
+                elif coeffs[j][i] is not None:
+                    diff = y.copy()
+                    diff[: coeffs[j][i].size] -= coeffs[j][i]
+                    est[i, j] = np.linalg.norm(diff) / max(np.linalg.norm(y), 1e-300)
+                coeffs[j][i] = y
+            if run.invariant or m == maxiter or (est[:, j] <= tol).all():
+                ritz = [min(ritz[0], theta.min()), max(ritz[1], theta.max())]
+        if checked and callback is not None:
+            callback(max(runs[j].m for j in active), est[:, 0].copy() if single else est.copy())
+        active = [
+            j
+            for j in active
+            if not (runs[j].invariant or runs[j].m == maxiter or (est[:, j] <= tol).all())
+        ]
+    values = np.zeros((nf, n, k))
+    for j, run in runs.items():
+        for i in range(nf):
+            values[i, :, j] = run.Q[: coeffs[j][i].size].T @ coeffs[j][i]
+    iterations = max((run.m for run in runs.values()), default=0)
+    if not runs:
+        ritz = [0.0, 0.0]
     converged = est <= tol
-    result = KrylovResult(values, converged, est, m, float(theta.min()), float(theta.max()))
+    if single:
+        values, converged, est = values[:, :, 0], converged[:, 0], est[:, 0]
+    result = KrylovResult(values, converged, est, iterations, float(ritz[0]), float(ritz[1]))
     if warn and not converged.all():
         warnings.warn(
             ConvergenceWarning(
-                f"Lanczos reached maxiter={maxiter} with {int((~converged).sum())} of {nf} "
-                f"functions above tol {tol:g}: {result.summary()}"
+                f"Lanczos reached maxiter={maxiter} with {int((~converged).sum())} of "
+                f"{converged.size} functions above tol {tol:g}: {result.summary()}"
             ),
             stacklevel=2,
         )
@@ -617,14 +664,19 @@ def extreme_eigenvalues(
     smallest of an ill-conditioned matrix converges slowly and is an upper bound until then."""
     A = _operator(A)
     n = A.shape[0]
-    v = np.random.default_rng(seed).standard_normal(n)
+    maxiter = min(int(maxiter), n)
+    run = _Lanczos(np.random.default_rng(seed).standard_normal(n), maxiter)
     prev = None
-    for m, alpha, beta, _, invariant in _lanczos(A, v, min(int(maxiter), n)):
-        if not (invariant or m % check_every == 0 or m == min(int(maxiter), n)):
+    while True:
+        run.advance(A.matvec(run.vector))
+        m = run.m
+        if not (run.invariant or m % check_every == 0 or m == maxiter):
             continue
-        theta = eigh_tridiagonal(alpha, beta, eigvals_only=True) if m > 1 else alpha.copy()
+        theta = run.ritz()[0]
         cur = np.array([theta[0], theta[-1]])
-        if invariant or (prev is not None and (np.abs(cur - prev) <= tol * abs(cur[1])).all()):
+        if run.invariant or m == maxiter:
+            break
+        if prev is not None and (np.abs(cur - prev) <= tol * abs(cur[1])).all():
             break
         prev = cur
     return EigenvalueBounds(float(cur[0]), float(cur[1]), m)

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arch import MLP
-from .blocks import structured_matmul
 from .fields import FIELD_NAMES, Plan, compute_tile, make_plan, transpose_fields
 from .validation import as_vector
 
@@ -381,8 +380,9 @@ class GramStore:
                 f"{self.n_tiles * (self.n_tiles + 1) // 2} done); re-run the assembly to finish"
             )
 
-    def _stored_tile(self, i: int, j: int) -> np.ndarray:
-        """Upper tile ``i <= j`` in the stored dtype: ``(ti, tj)`` or ``(8, ti, tj)``."""
+    def upper_tile(self, i: int, j: int) -> np.ndarray:
+        """Upper tile ``i <= j`` in the stored dtype (float32 stays float32): ``(ti, tj)`` or
+        ``(8, ti, tj)``."""
         ri, rj = self.tile_slice(i), self.tile_slice(j)
         if not self.jacobian:
             return self._array("K")[ri, rj]
@@ -402,8 +402,8 @@ class GramStore:
         self.tile_slice(i), self.tile_slice(j)
         self._require([(i, j)])
         if i <= j:
-            return self._stored_tile(i, j).astype(np.float64)
-        T = self._stored_tile(j, i).astype(np.float64)
+            return self.upper_tile(i, j).astype(np.float64)
+        T = self.upper_tile(j, i).astype(np.float64)
         return T.T.copy() if not self.jacobian else np.ascontiguousarray(transpose_fields(T))
 
     # ---- queries ---------------------------------------------------------------------------
@@ -493,23 +493,19 @@ class GramStore:
         if v.ndim > 2:
             raise ValueError(f"v must be 1-D or 2-D, got shape {v.shape}")
         self._require(upper_tiles(self.n_tiles))
-        y = np.zeros(v.shape)
-        X = self.points if self.jacobian else None
-        w = self.d + 1
-        for i, j in upper_tiles(self.n_tiles):
-            si, sj = self.tile_slice(i), self.tile_slice(j)
-            T = self._stored_tile(i, j).astype(np.float64)
-            if not self.jacobian:
-                y[si] += T @ v[sj]
-                if i != j:
-                    y[sj] += T.T @ v[si]
-                continue
-            bi = slice(si.start * w, si.stop * w)
-            bj = slice(sj.start * w, sj.stop * w)
-            y[bi] += structured_matmul(T, X[si], X[sj], v[bj])
-            if i != j:
-                y[bj] += structured_matmul(transpose_fields(T), X[sj], X[si], v[bi])
-        return y
+        from .operators import symmetric_product  # operators builds on the store's tiles
+
+        V = v.reshape(v.shape[0], -1)
+        jac = self.jacobian
+        tiles = (
+            (i, j, self.upper_tile(i, j).astype(np.float64) if jac else self.upper_tile(i, j))
+            for i, j in upper_tiles(self.n_tiles)
+        )
+        slices = [self.tile_slice(i) for i in range(self.n_tiles)]
+        y = symmetric_product(
+            tiles, slices, self.points if jac else None, self.d + 1 if jac else 1, V
+        )
+        return y.reshape(v.shape)
 
     def field_tile(self, name: str, i: int, j: int) -> np.ndarray:
         """One field (``"K"`` for a scalar store) of tile ``(i, j)``, any order: (ti, tj) float64.
@@ -594,7 +590,7 @@ class GramStore:
         names = FIELD_NAMES if self.jacobian else ("K",)
         for i, j in done:
             try:
-                T = self._stored_tile(i, j)
+                T = self.upper_tile(i, j)
             except Exception as exc:  # noqa: BLE001
                 report["damaged"].append({"tile": [i, j], "problem": f"unreadable chunk: {exc}"})
                 continue
@@ -626,7 +622,7 @@ class GramStore:
                     plan=plan,
                 )
                 want = want.astype(self.dtype).astype(np.float64)
-                got = self._stored_tile(i, j).astype(np.float64)
+                got = self.upper_tile(i, j).astype(np.float64)
                 err = float(np.max(np.abs(got - want)))
                 scale = max(1.0, float(np.max(np.abs(want))))
                 report["recomputed"].append([i, j])

@@ -123,6 +123,26 @@ def test_stored_gram_matches_in_memory_operators(stores, points, rng):
     np.testing.assert_array_equal(X, points)
 
 
+@pytest.mark.parametrize("columns", [1, 3, 40])
+def test_float32_store_is_multiplied_in_its_own_precision_with_float64_sums(
+    client, tmp_path, rng, columns
+):
+    """A float32 store's tiles stay float32 in memory and in the stream (the Numba pair kernel
+    up to STREAMED_COLUMNS columns, BLAS above), and the product is the float64 product of the
+    rounded matrix: ragged tiles, mirrored tiles and the remainder rows all covered."""
+    X = rng.standard_normal((45, 6))
+    assemble(ARCH, X, tmp_path / "f.zarr", tile=14, dtype="float32", client=client)
+    store = GramStore.open(tmp_path / "f.zarr")
+    G32 = jacntk.kernel(ARCH, X).astype(np.float32).astype(np.float64)
+    V = rng.standard_normal((45, columns))
+    want = G32 @ V
+    cached = StoredGram(store, cache_mb=1.0)
+    assert cached.cached and all(t.dtype == np.float32 for _, _, t in cached._upper_tiles())
+    for got in (cached @ V, StoredGram(store, cache_mb=0.0) @ V, store.matvec(V)):
+        assert rel(got, want) < 1e-13
+    assert rel(store.matvec(V[:, 0]), want[:, 0]) < 1e-13
+
+
 def test_distributed_stored_gram_on_real_workers_agrees(stores, points, rng):
     from distributed import Client, LocalCluster, get_task_stream
 

@@ -148,6 +148,36 @@ def test_lanczos_stops_when_every_time_converged_and_reports_estimates(rng):
     assert not short.converged.all() and short.error_estimates[0] > 1e-14
 
 
+def test_lanczos_columns_run_in_lockstep_with_one_product_per_step(rng):
+    """k start vectors: each column equals its own single-vector run, every step is one matmat
+    of the still-running columns, and a zero column gives zeros."""
+    w = np.geomspace(1e-3, 50.0, 300)
+    Qm, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    A = (Qm * w) @ Qm.T
+    V = rng.standard_normal((300, 4))
+    V[:, 2] = 0.0
+    V[:, 3] = Qm[:, :3] @ np.ones(3)  # an invariant subspace of dimension 3
+    fns = [lambda s: np.exp(-0.1 * s), lambda s: np.exp(-2.0 * s)]
+    products = []
+
+    class Counting(DenseGram):
+        def _matmat(self, X):
+            products.append(X.shape[1])
+            return super()._matmat(X)
+
+    res = lanczos_functions(Counting(A), V, fns, tol=1e-11)
+    assert res.values.shape == (2, 300, 4) and res.converged.shape == (2, 4)
+    assert res.converged.all() and np.all(res.values[:, :, 2] == 0.0)
+    exact = [Qm @ (np.exp(-t * w)[:, None] * (Qm.T @ V)) for t in (0.1, 2.0)]
+    for i in range(2):
+        assert rel(res.values[i], exact[i]) < 1e-9
+        for j in (0, 1, 3):
+            single = lanczos_functions(A, V[:, j], fns, tol=1e-11)
+            assert np.allclose(single.values[i], res.values[i, :, j], rtol=0, atol=1e-12)
+    assert len(products) == res.iterations and products[0] == 3 and products[-1] < 3
+    assert sum(products) < 3 * res.iterations  # the invariant column stopped after 3 steps
+
+
 def test_extreme_eigenvalues_match_eigh(jntk_3000):
     arch, X, G = jntk_3000
     B = ScaledGram(DenseGram(G[:500, :500], 10), 0.1, 1e-2)
