@@ -667,7 +667,8 @@ def _load(rec: dict) -> str:
 
 
 def _solver_label(rec: dict) -> str:
-    """'Lanczos 25 it, CG 2710 it' from jacntk.predict's diagnostics."""
+    """'Lanczos 25 it, CG 2710 it' or 'Lanczos 25 it, Cholesky' from jacntk.predict's
+    diagnostics."""
     import re
 
     diag = rec.get("jacntk", {}).get("diagnostics", {})
@@ -676,6 +677,8 @@ def _solver_label(rec: dict) -> str:
         found = re.search(r"(\d+) iterations", str(diag.get(key, "")))
         if found:
             parts.append(f"{name} {found.group(1)} it")
+    if diag.get("solver") not in (None, "cg"):  # the direct solve at t = inf
+        parts.append(str(diag["solver"]).split()[0].capitalize())
     return ", ".join(parts) or "—"
 
 
@@ -706,9 +709,73 @@ def missing_rows(records: list[dict]) -> dict[str, list[str]]:
     return missing
 
 
+def _task_table(records: list[dict], columns: list[tuple]) -> str:
+    """A Markdown table with one row per record; ``columns`` are ``(header, cell(record))``."""
+    from benchmarks.results import table
+
+    return table([h for h, _ in columns], [[cell(r) for _, cell in columns] for r in records])
+
+
+SCALAR_COLUMNS = [
+    ("act", lambda r: r["act"]),
+    ("d", lambda r: r["d"]),
+    ("dtype", lambda r: r["dtype"]),
+    ("N", lambda r: r["N"]),
+    ("jacntk NTK s", lambda r: _s(r, "jacntk", "ntk")),
+    ("jacntk NNGP+NTK s", lambda r: _s(r, "jacntk", "nngp+ntk")),
+    ("NT NNGP+NTK s", lambda r: _s(r, "peer", "nngp+ntk")),
+    ("ratio NTK", lambda r: _ratio(r, "nngp+ntk", "ntk")),
+    ("ratio both", lambda r: _ratio(r, "nngp+ntk", "nngp+ntk")),
+    ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
+    ("NT peak MiB", lambda r: _mem(r, "peer")),
+    ("max rel diff NNGP", lambda r: _diff(r, "nngp")),
+    ("max rel diff NTK", lambda r: _diff(r, "ntk")),
+    ("load", _load),
+]
+
+DYNAMICS_COLUMNS = [
+    ("d", lambda r: r["d"]),
+    ("N", lambda r: r["N"]),
+    ("n_test", lambda r: r["n_test"]),
+    ("times", _times_label),
+    ("jacntk solver", _solver_label),
+    ("jacntk total s", lambda r: _s(r, "jacntk", "total")),
+    ("NT kernel s", lambda r: _s(r, "peer", "kernel")),
+    ("NT eigh+predict s", lambda r: _s(r, "peer", "predict")),
+    ("NT total s", lambda r: _s(r, "peer", "total")),
+    ("ratio", lambda r: _ratio(r, "total", "total")),
+    ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
+    ("NT peak MiB", lambda r: _mem(r, "peer")),
+    ("max rel diff", lambda r: _diff(r, "values")),
+    ("load", _load),
+]
+
+
+def _jacobian_columns(args) -> list[tuple]:
+    def dense(r):
+        if r.get("dense_gib", 0) <= args.dense_max_gib:
+            return _s(r, "jacntk", "fields+dense")
+        return f"not formed ({r['dense_gib']:.0f} GiB)"
+
+    return [
+        ("d", lambda r: r["d"]),
+        ("N", lambda r: r["N"]),
+        ("jacntk fields s", lambda r: _s(r, "jacntk", "fields")),
+        ("jacntk fields+dense s", dense),
+        ("NT pairs timed", lambda r: f"{r['pairs_peer']} of {r['pairs_total']}"),
+        ("NT timed s", lambda r: _s(r, "peer", "pairs")),
+        ("NT all pairs s (extrap.)", lambda r: _s(r, "peer", "extrapolated")),
+        ("ratio vs fields", lambda r: _ratio(r, "extrapolated", "fields")),
+        ("ratio vs dense", lambda r: _ratio(r, "extrapolated", "fields+dense")),
+        ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
+        ("NT peak MiB", lambda r: _mem(r, "peer")),
+        ("max rel diff", lambda r: _diff(r, "blocks")),
+        ("load", _load),
+    ]
+
+
 def render(records: list[dict], versions: dict, args) -> str:
     """The Markdown body of the ``peers`` section."""
-    from benchmarks.results import table
 
     cap = f"{args.mem_limit_gib:g} GiB" if args.mem_limit_gib else "none"
     lines = [
@@ -742,25 +809,6 @@ def render(records: list[dict], versions: dict, args) -> str:
         by_task.setdefault(rec["task"], []).append(rec)
     order = lambda r: (r["d"], r["act"], r["dtype"], r["N"])  # noqa: E731
     if "scalar" in by_task:
-        rows = [
-            [
-                r["act"],
-                r["d"],
-                r["dtype"],
-                r["N"],
-                _s(r, "jacntk", "ntk"),
-                _s(r, "jacntk", "nngp+ntk"),
-                _s(r, "peer", "nngp+ntk"),
-                _ratio(r, "nngp+ntk", "ntk"),
-                _ratio(r, "nngp+ntk", "nngp+ntk"),
-                _mem(r, "jacntk"),
-                _mem(r, "peer"),
-                _diff(r, "nngp"),
-                _diff(r, "ntk"),
-                _load(r),
-            ]
-            for r in sorted(by_task["scalar"], key=order)
-        ]
         lines += [
             "### Scalar NNGP + NTK Grams (N x N)",
             "",
@@ -770,25 +818,7 @@ def render(records: list[dict], versions: dict, args) -> str:
             f"{args.compare_rows} evenly spaced rows (all columns) when N is larger. In float32, "
             "jacntk computes in float64 and returns float32; JAX computes in float32.",
             "",
-            table(
-                [
-                    "act",
-                    "d",
-                    "dtype",
-                    "N",
-                    "jacntk NTK s",
-                    "jacntk NNGP+NTK s",
-                    "NT NNGP+NTK s",
-                    "ratio NTK",
-                    "ratio both",
-                    "jacntk peak MiB",
-                    "NT peak MiB",
-                    "max rel diff NNGP",
-                    "max rel diff NTK",
-                    "load",
-                ],
-                rows,
-            ),
+            _task_table(sorted(by_task["scalar"], key=order), SCALAR_COLUMNS),
         ]
     blas1 = [r for r in records if r.get("jacntk_blas_threads")]
     if blas1:
@@ -819,27 +849,6 @@ def render(records: list[dict], versions: dict, args) -> str:
             "",
         ]
     if "jacobian" in by_task:
-        rows = []
-        for r in sorted(by_task["jacobian"], key=order):
-            rows.append(
-                [
-                    r["d"],
-                    r["N"],
-                    _s(r, "jacntk", "fields"),
-                    _s(r, "jacntk", "fields+dense")
-                    if r.get("dense_gib", 0) <= args.dense_max_gib
-                    else f"not formed ({r['dense_gib']:.0f} GiB)",
-                    f"{r['pairs_peer']} of {r['pairs_total']}",
-                    _s(r, "peer", "pairs"),
-                    _s(r, "peer", "extrapolated"),
-                    _ratio(r, "extrapolated", "fields"),
-                    _ratio(r, "extrapolated", "fields+dense"),
-                    _mem(r, "jacntk"),
-                    _mem(r, "peer"),
-                    _diff(r, "blocks"),
-                    _load(r),
-                ]
-            )
         lines += [
             "### Jacobian-augmented NTK (erf), N(d+1) x N(d+1)",
             "",
@@ -850,45 +859,9 @@ def render(records: list[dict], versions: dict, args) -> str:
             "linearly to the N(N+1)/2 pairs of the symmetric Gram (`NT all pairs s`). Values "
             "compared on the sampled blocks.",
             "",
-            table(
-                [
-                    "d",
-                    "N",
-                    "jacntk fields s",
-                    "jacntk fields+dense s",
-                    "NT pairs timed",
-                    "NT timed s",
-                    "NT all pairs s (extrap.)",
-                    "ratio vs fields",
-                    "ratio vs dense",
-                    "jacntk peak MiB",
-                    "NT peak MiB",
-                    "max rel diff",
-                    "load",
-                ],
-                rows,
-            ),
+            _task_table(sorted(by_task["jacobian"], key=order), _jacobian_columns(args)),
         ]
     if "dynamics" in by_task:
-        rows = [
-            [
-                r["d"],
-                r["N"],
-                r["n_test"],
-                _times_label(r),
-                _solver_label(r),
-                _s(r, "jacntk", "total"),
-                _s(r, "peer", "kernel"),
-                _s(r, "peer", "predict"),
-                _s(r, "peer", "total"),
-                _ratio(r, "total", "total"),
-                _mem(r, "jacntk"),
-                _mem(r, "peer"),
-                _diff(r, "values"),
-                _load(r),
-            ]
-            for r in sorted(by_task["dynamics"], key=order)
-        ]
         lines += [
             "### Training dynamics: test predictions at 10 times (NTK, lam = 0, erf)",
             "",
@@ -904,25 +877,7 @@ def render(records: list[dict], versions: dict, args) -> str:
             "exp(-c t Theta) with c = eta kappa^2 / N and kappa^2 Theta = K (math.md §0.4): "
             "same eta, same t. Both include computing the kernels.",
             "",
-            table(
-                [
-                    "d",
-                    "N",
-                    "n_test",
-                    "times",
-                    "jacntk solver",
-                    "jacntk total s",
-                    "NT kernel s",
-                    "NT eigh+predict s",
-                    "NT total s",
-                    "ratio",
-                    "jacntk peak MiB",
-                    "NT peak MiB",
-                    "max rel diff",
-                    "load",
-                ],
-                rows,
-            ),
+            _task_table(sorted(by_task["dynamics"], key=order), DYNAMICS_COLUMNS),
         ]
     if "expm" in by_task:
         lines += ["### Matrix-exponential actions vs SciPy", ""]

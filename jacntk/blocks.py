@@ -12,6 +12,7 @@ Dense matrices are point-major: row ``i*(d+1) + alpha``.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from .fields import KernelFields
 from .validation import as_pair
@@ -44,27 +45,44 @@ def augment(fields: KernelFields | np.ndarray, X1, X2=None) -> np.ndarray:
 
     Returns
     -------
-    (n1*(d+1), n2*(d+1)) float64, point-major.  Cost O(n1 n2 d^2): use only where a dense
-    matrix is wanted; every product goes through ``structured_matmul``.
+    (n1*(d+1), n2*(d+1)) float64, point-major.  Cost O(n1 n2 d^2) writes (a Numba pass, memory
+    bound): use only where a dense matrix is wanted; every product goes through
+    ``structured_matmul``.  :func:`jacntk.reference.reference_augment` is the same formula in
+    NumPy.
     """
-    K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
-    A, B = _check_points(K[None], X1, X2)
+    data = np.ascontiguousarray(_field_arrays(fields), dtype=np.float64)
+    A, B = _check_points(data, X1, X2)
     n1, d = A.shape
     n2 = B.shape[0]
     G = np.empty((n1, d + 1, n2, d + 1))
-    G[:, 0, :, 0] = K
-    G[:, 0, :, 1:] = Kp[:, :, None] * A[:, None, :] + 2.0 * Kr[:, :, None] * B[None, :, :]
-    G[:, 1:, :, 0] = (
-        Kp[:, :, None] * B[None, :, :] + 2.0 * Kq[:, :, None] * A[:, None, :]
-    ).transpose(0, 2, 1)
-    J = np.einsum("ij,ia,ib->iajb", 2.0 * Kpq, A, A)
-    J += np.einsum("ij,ja,ib->iajb", Kpp, B, A)
-    J += np.einsum("ij,ja,jb->iajb", 2.0 * Kpr, B, B)
-    J += np.einsum("ij,ia,jb->iajb", 4.0 * Kqr, A, B)
-    idx = np.arange(d)
-    J[:, idx, :, idx] += Kp[None, :, :]
-    G[:, 1:, :, 1:] = J
+    _augment_into(data, np.ascontiguousarray(A), np.ascontiguousarray(B), G)
     return G.reshape(n1 * (d + 1), n2 * (d + 1))
+
+
+@njit(parallel=True, cache=True)
+def _augment_into(F, A, B, G):  # pragma: no cover - compiled
+    """``G[i, :, j, :]`` = the block of the module docstring for pair ``(i, j)``; the gradient
+    block row ``a`` is ``(2 K_pq x_a + K_pp x'_a) x^T + (2 K_pr x'_a + 4 K_qr x_a) x'^T
+    + K_p e_a^T``.  One pass writing G (memory-bound), parallel over rows."""
+    n1, d = A.shape
+    n2 = B.shape[0]
+    for i in prange(n1):
+        x = A[i]
+        for j in range(n2):
+            y = B[j]
+            K, Kp, Kq, Kr = F[0, i, j], F[1, i, j], F[2, i, j], F[3, i, j]
+            Kpp, Kpq, Kpr, Kqr = F[4, i, j], F[5, i, j], F[6, i, j], F[7, i, j]
+            G[i, 0, j, 0] = K
+            for b in range(d):
+                G[i, 0, j, 1 + b] = Kp * x[b] + 2.0 * Kr * y[b]
+            for a in range(d):
+                G[i, 1 + a, j, 0] = Kp * y[a] + 2.0 * Kq * x[a]
+                u = 2.0 * Kpq * x[a] + Kpp * y[a]
+                w = 2.0 * Kpr * y[a] + 4.0 * Kqr * x[a]
+                row = G[i, 1 + a, j]
+                for b in range(d):
+                    row[1 + b] = u * x[b] + w * y[b]
+                row[1 + a] += Kp
 
 
 def structured_matmul(fields: KernelFields | np.ndarray, X1, X2, V) -> np.ndarray:
@@ -96,16 +114,21 @@ def structured_matmul(fields: KernelFields | np.ndarray, X1, X2, V) -> np.ndarra
     if V.shape[0] != n2 * (d + 1) or V.ndim > 2:
         raise ValueError(f"V must have {n2 * (d + 1)} rows (n2*(d+1)), got shape {V.shape}")
     V3 = V.reshape(n2, d + 1, -1)
-    out = np.empty((n1, d + 1, V3.shape[2]))
-    for m in range(V3.shape[2]):
-        u = V3[:, 0, m]
-        W = V3[:, 1:, m]
-        P = A @ W.T
-        s = np.einsum("ja,ja->j", B, W)
-        out[:, 0, m] = K @ u + np.einsum("ij,ij->i", Kp, P) + 2.0 * (Kr @ s)
-        coef = Kp * u[None, :] + Kpp * P + 2.0 * Kpr * s[None, :]
-        scale = 2.0 * (Kq @ u) + 2.0 * np.einsum("ij,ij->i", Kpq, P) + 4.0 * (Kqr @ s)
-        out[:, 1:, m] = Kp @ W + coef @ B + scale[:, None] * A
+    k = V3.shape[2]
+    U = V3[:, 0, :]  # (n2, k)
+    W = np.ascontiguousarray(V3[:, 1:, :].transpose(2, 0, 1))  # (k, n2, d)
+    # the three GEMMs, each once for all k columns
+    P = np.matmul(A, W.transpose(0, 2, 1))  # (k, n1, n2): P[m] = X1 W_m^T
+    S = np.einsum("ja,mja->mj", B, W)  # (k, n2): s_j = x'_j . w_j
+    out = np.empty((n1, d + 1, k))
+    out[:, 0, :] = K @ U + np.einsum("ij,mij->im", Kp, P) + 2.0 * (Kr @ S.T)
+    scale = 2.0 * (Kq @ U) + 2.0 * np.einsum("ij,mij->im", Kpq, P) + 4.0 * (Kqr @ S.T)
+    coef = Kp[None] * U.T[:, None, :] + Kpp[None] * P + 2.0 * Kpr[None] * S[:, None, :]
+    KpW = (Kp @ W.transpose(1, 0, 2).reshape(n2, k * d)).reshape(n1, k, d)
+    CB = (coef.reshape(k * n1, n2) @ B).reshape(k, n1, d)
+    out[:, 1:, :] = (KpW.transpose(0, 2, 1) + CB.transpose(1, 2, 0)) + (
+        scale[:, None, :] * A[:, :, None]
+    )
     out = out.reshape(n1 * (d + 1), -1)
     return out[:, 0] if vector else out
 

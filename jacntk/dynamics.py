@@ -471,6 +471,7 @@ def predict(
     covariance: bool = False,
     operator: str = "auto",
     preconditioner="block-jacobi",
+    rank: int = 100,
     tol: float = 1e-10,
     maxiter: int | None = None,
     tile: int = 1024,
@@ -503,6 +504,7 @@ def predict(
         small problems only)
     operator : "auto", "dense", "structured", "stored" (see :func:`training_system`)
     preconditioner : "block-jacobi", "nystrom", None or an operator (CG at t = inf)
+    rank : sketch size of the "nystrom" preconditioner
     tol, maxiter : solver tolerances (relative)
     tile : points per tile of matrix-free products
     client : distributed.Client for a stored Gram's products
@@ -543,6 +545,7 @@ def predict(
         tol=tol,
         maxiter=maxiter,
         preconditioner=preconditioner,
+        rank=rank,
         callback=callback,
     )
     out = cross_product(system, X_test, coef.Z, gradients=gradients, tile=tile)

@@ -225,3 +225,26 @@ def reference_fields(
     res = S if kind == "nngp" else T
     out = arch.kappa**2 * np.stack([np.broadcast_to(res[m], P.shape) for m in _JETS])
     return out if jacobian else out[0]
+
+
+def reference_augment(fields: np.ndarray, X1: np.ndarray, X2: np.ndarray) -> np.ndarray:
+    """Dense augmented matrix from (8, n1, n2) fields by NumPy broadcasting and ``einsum`` (the
+    block formula of :mod:`jacntk.blocks`), point-major (n1 (d+1), n2 (d+1))."""
+    K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = np.asarray(fields, dtype=np.float64)
+    A, B = np.asarray(X1, dtype=np.float64), np.asarray(X2, dtype=np.float64)
+    n1, d = A.shape
+    n2 = B.shape[0]
+    G = np.empty((n1, d + 1, n2, d + 1))
+    G[:, 0, :, 0] = K
+    G[:, 0, :, 1:] = Kp[:, :, None] * A[:, None, :] + 2.0 * Kr[:, :, None] * B[None, :, :]
+    G[:, 1:, :, 0] = (
+        Kp[:, :, None] * B[None, :, :] + 2.0 * Kq[:, :, None] * A[:, None, :]
+    ).transpose(0, 2, 1)
+    J = np.einsum("ij,ia,ib->iajb", 2.0 * Kpq, A, A)
+    J += np.einsum("ij,ja,ib->iajb", Kpp, B, A)
+    J += np.einsum("ij,ja,jb->iajb", 2.0 * Kpr, B, B)
+    J += np.einsum("ij,ia,jb->iajb", 4.0 * Kqr, A, B)
+    idx = np.arange(d)
+    J[:, idx, :, idx] += Kp[None, :, :]
+    G[:, 1:, :, 1:] = J
+    return G.reshape(n1 * (d + 1), n2 * (d + 1))

@@ -35,6 +35,21 @@ def _operator(A) -> LinearOperator:
     return op
 
 
+def _operator_and_columns(A, V, name: str) -> tuple[LinearOperator, np.ndarray, bool]:
+    """The operator, ``V`` as finite float64 columns (n, k), and whether ``V`` was 1-D."""
+    A = _operator(A)
+    n = A.shape[0]
+    M = np.asarray(V, dtype=np.float64)
+    single = M.ndim == 1
+    if single:
+        M = M[:, None]
+    if M.ndim != 2 or M.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k), got {np.shape(V)}")
+    if not np.isfinite(M).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return A, M, single
+
+
 # --------------------------------------------------------------------------------------------
 # Preconditioners
 
@@ -273,16 +288,8 @@ def cg(
     -------
     SolveResult
     """
-    A = _operator(A)
+    A, Bm, vector = _operator_and_columns(A, B, "right-hand side")
     n = A.shape[0]
-    Bm = np.asarray(B, dtype=np.float64)
-    vector = Bm.ndim == 1
-    if vector:
-        Bm = Bm[:, None]
-    if Bm.ndim != 2 or Bm.shape[0] != n:
-        raise ValueError(f"right-hand side must have {n} rows, got shape {np.shape(B)}")
-    if not np.isfinite(Bm).all():
-        raise ValueError("right-hand side contains NaN or inf")
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol}")
     k = Bm.shape[1]
@@ -539,16 +546,8 @@ def lanczos_functions(
     -------
     KrylovResult
     """
-    A = _operator(A)
+    A, V, single = _operator_and_columns(A, v, "start vector")
     n = A.shape[0]
-    V = np.asarray(v, dtype=np.float64)
-    single = V.ndim == 1
-    if single:
-        V = V[:, None]
-    if V.ndim != 2 or V.shape[0] != n:
-        raise ValueError(f"start vector must have shape ({n},) or ({n}, k), got {np.shape(v)}")
-    if not np.isfinite(V).all():
-        raise ValueError("start vector contains NaN or inf")
     nf, k = len(functions), V.shape[1]
     if nf == 0:
         raise ValueError("no functions requested")

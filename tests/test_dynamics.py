@@ -161,6 +161,19 @@ def test_predict_from_gram_stores_equals_in_memory(data, tmp_path):
         q = predict(ARCH, X, y, Xt, times=times, jacobian_reg=lam, jitter=1e-2, tol=1e-12)
         assert p.diagnostics["operator"] == "stored"
         assert rel(p.values, q.values) < 1e-8 and rel(p.gradients, q.gradients) < 1e-8
+        r = predict(
+            None,
+            store,
+            y,
+            Xt,
+            times=times,
+            jacobian_reg=lam,
+            jitter=1e-2,
+            tol=1e-12,
+            preconditioner="nystrom",
+            rank=5,
+        )
+        assert rel(r.values, q.values) < 1e-8 and "CG" in r.diagnostics["cg"]
     with pytest.raises(ValueError, match="holds the scalar ntk Gram"):
         predict(None, GramStore.open(tmp_path / "k.zarr"), y, Xt, times=[1.0], jacobian_reg=0.1)
     with pytest.raises(ValueError, match="differs from the store"):

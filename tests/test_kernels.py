@@ -6,7 +6,7 @@ import pytest
 
 import jacntk
 from jacntk.fields import FIELD_TRANSPOSE, compute_tile
-from jacntk.reference import reference_fields
+from jacntk.reference import reference_augment, reference_fields
 
 
 def fd_jacobian_kernel(arch, X1, X2, kind, h=1e-4):
@@ -104,6 +104,17 @@ def test_numba_matches_numpy_reference(activation, kind, symmetric):
         fast, ref = np.atleast_3d(fast.T).T, np.atleast_3d(ref.T).T
         for k in range(fast.shape[0]):  # field by field, relative to each field's scale
             assert np.abs(fast[k] - ref[k]).max() <= 1e-12 * np.abs(ref[k]).max(), k
+
+
+def test_numba_augment_matches_numpy_einsum_reference(rng):
+    """The dense augmented matrix from arbitrary fields (every field exercised on its own scale),
+    on square and rectangular pairs of point sets."""
+    for n1, n2, d in [(5, 5, 3), (4, 7, 6), (1, 2, 1)]:
+        F = rng.standard_normal((8, n1, n2)) * np.logspace(-2, 2, 8)[:, None, None]
+        X, Y = rng.standard_normal((n1, d)), rng.standard_normal((n2, d))
+        got, want = jacntk.augment(F, X, Y), reference_augment(F, X, Y)
+        assert got.shape == (n1 * (d + 1), n2 * (d + 1))
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14 * np.abs(want).max())
 
 
 def test_symmetric_tile_equals_cross_tile_and_transposes(rng):

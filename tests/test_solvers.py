@@ -208,10 +208,14 @@ def test_cg_reports_non_convergence_stagnation_and_indefiniteness(rng):
 
 
 def test_solver_input_errors(rng):
-    with pytest.raises(ValueError, match="must have 4 rows"):
+    with pytest.raises(ValueError, match=r"must have shape \(4,\) or \(4, k\)"):
         cg(np.eye(4), np.ones(3))
     with pytest.raises(ValueError, match="NaN"):
         cg(np.eye(2), np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="start vector must have shape"):
+        lanczos_functions(np.eye(4), np.ones((3, 2)), [np.exp])
+    with pytest.raises(ValueError, match="start vector contains NaN"):
+        lanczos_functions(np.eye(2), np.array([[1.0], [np.inf]]), [np.exp])
     with pytest.raises(ValueError, match=">= 0"):
         lanczos_expm(np.eye(3), np.ones(3), [1.0, -2.0])
     with pytest.raises(ValueError, match="NaN"):
