@@ -300,7 +300,7 @@ PARTS = {
     ),
     "preconditioners": (
         lambda: bench_preconditioners(40, 8, [1, 3, 6], 3000),
-        lambda: bench_preconditioners(200, 20, [1, 3, 6, 11], 20000),
+        lambda: bench_preconditioners(100, 20, [1, 3, 6, 11], 10000),
     ),
     "fashion-mnist": (
         lambda: bench_fashion_mnist(600, 500, 256, 1e-2, 100),
