@@ -212,6 +212,13 @@ def serve_jacobian(req: dict, cache: dict) -> dict:
         t0 = time.perf_counter()
         dense = augment(fields, X)
         seconds["fields+dense"] = seconds["fields"] + time.perf_counter() - t0
+        # profile: the same formula written again into the (now mapped) result, without the
+        # first-touch page faults of a fresh array
+        from jacntk.blocks import _augment_into
+
+        t0 = time.perf_counter()
+        _augment_into(fields.data, X, X, dense.reshape(X.shape[0], -1, X.shape[0], X.shape[1] + 1))
+        seconds["dense rewrite"] = time.perf_counter() - t0
     if req.get("out"):
         pairs = np.load(req["pairs"])
         if dense is not None:
@@ -244,6 +251,7 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
         kind="ntk",
         learning_rate=req["learning_rate"],
         gradients=False,
+        operator=req.get("operator", "auto"),
     )
     values = np.asarray(result.values)
     seconds = {"total": time.perf_counter() - t0}
@@ -580,8 +588,10 @@ def run_dynamics(args, tmp: Path, n: int, d: int, act: str, dtype: str) -> dict:
     base = {key: str(tmp / f"{key}.npy") for key in ("x", "y", "xt")}
     base.update(op="dynamics", arch=arch_dict(act), times=args.times, learning_rate=1.0)
     requests = {"jacntk": {**base, "out": str(tmp / "jac_dyn.npy")}}
+    requests["jacntk"]["operator"] = args.dynamics_operator
     requests["peer"] = {**base, "out": str(tmp / "nt_dyn.npy")}
     rec = _record("dynamics", act=act, d=d, N=n, dtype=dtype, n_test=n_test, times=args.times)
+    rec["operator"] = args.dynamics_operator
     if args.jacntk_blas_threads:
         rec["jacntk_blas_threads"] = args.jacntk_blas_threads
     workers = start_workers(args, dtype, not args.no_peer)
@@ -603,6 +613,10 @@ def row_key(rec: dict) -> str:
     key = "|".join(str(rec[k]) for k in ("task", "act", "d", "N", "dtype"))
     if "times" in rec and not any(np.isinf(rec["times"])):
         key += "|finite-t"
+    if rec.get("mem_limit_gib", 12.0) != 12.0:  # the default cap keeps the older keys
+        key += f"|cap{rec['mem_limit_gib']:g}"
+    if rec.get("operator", "auto") != "auto":
+        key += f"|{rec['operator']}"
     return key
 
 
@@ -716,6 +730,12 @@ def _task_table(records: list[dict], columns: list[tuple]) -> str:
     return table([h for h, _ in columns], [[cell(r) for _, cell in columns] for r in records])
 
 
+MEMORY_COLUMNS = [
+    ("memory cap GiB", lambda r: "{:g}".format(r.get("mem_limit_gib", 12.0) or float("inf"))),
+    ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
+    ("NT peak MiB", lambda r: _mem(r, "peer")),
+]
+
 SCALAR_COLUMNS = [
     ("act", lambda r: r["act"]),
     ("d", lambda r: r["d"]),
@@ -726,8 +746,7 @@ SCALAR_COLUMNS = [
     ("NT NNGP+NTK s", lambda r: _s(r, "peer", "nngp+ntk")),
     ("ratio NTK", lambda r: _ratio(r, "nngp+ntk", "ntk")),
     ("ratio both", lambda r: _ratio(r, "nngp+ntk", "nngp+ntk")),
-    ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
-    ("NT peak MiB", lambda r: _mem(r, "peer")),
+    *MEMORY_COLUMNS,
     ("max rel diff NNGP", lambda r: _diff(r, "nngp")),
     ("max rel diff NTK", lambda r: _diff(r, "ntk")),
     ("load", _load),
@@ -738,14 +757,13 @@ DYNAMICS_COLUMNS = [
     ("N", lambda r: r["N"]),
     ("n_test", lambda r: r["n_test"]),
     ("times", _times_label),
-    ("jacntk solver", _solver_label),
+    ("jacntk operator, solver", lambda r: f"{r.get('operator', 'auto')}: {_solver_label(r)}"),
     ("jacntk total s", lambda r: _s(r, "jacntk", "total")),
     ("NT kernel s", lambda r: _s(r, "peer", "kernel")),
     ("NT eigh+predict s", lambda r: _s(r, "peer", "predict")),
     ("NT total s", lambda r: _s(r, "peer", "total")),
     ("ratio", lambda r: _ratio(r, "total", "total")),
-    ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
-    ("NT peak MiB", lambda r: _mem(r, "peer")),
+    *MEMORY_COLUMNS,
     ("max rel diff", lambda r: _diff(r, "values")),
     ("load", _load),
 ]
@@ -767,8 +785,7 @@ def _jacobian_columns(args) -> list[tuple]:
         ("NT all pairs s (extrap.)", lambda r: _s(r, "peer", "extrapolated")),
         ("ratio vs fields", lambda r: _ratio(r, "extrapolated", "fields")),
         ("ratio vs dense", lambda r: _ratio(r, "extrapolated", "fields+dense")),
-        ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
-        ("NT peak MiB", lambda r: _mem(r, "peer")),
+        *MEMORY_COLUMNS,
         ("max rel diff", lambda r: _diff(r, "blocks")),
         ("load", _load),
     ]
@@ -777,14 +794,15 @@ def _jacobian_columns(args) -> list[tuple]:
 def render(records: list[dict], versions: dict, args) -> str:
     """The Markdown body of the ``peers`` section."""
 
-    cap = f"{args.mem_limit_gib:g} GiB" if args.mem_limit_gib else "none"
     lines = [
         "Command: `bash benchmarks/peers/setup.sh && .venv/bin/python benchmarks/bench_peers.py`"
         " (rows can be run separately; see the script's docstring).",
         "",
         f"Peer: {versions.get('peer', 'neural-tangents (not run)')}. Depth {DEPTH}, sigma_w = 1, "
         "sigma_b = 0, kappa = 1. Each library runs in its own fresh worker process per row, "
-        f"alternating, 1 warm-up + median of the repeats; address-space cap per worker: {cap}; "
+        "alternating, 1 warm-up + median of the repeats; address-space cap per worker "
+        "(`prlimit --as`): the `memory cap GiB` column (12 GiB unless the row says otherwise; "
+        "23 GiB is this whole 24 GiB machine less the harness); "
         "threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = 2, XLA default (all cores). "
         "Ratio = neural-tangents time / jacntk time. Peak MiB = the worker's peak RSS, including "
         "its imports (jacntk ~{:.0f} MiB, neural-tangents ~{:.0f} MiB after import: it loads "
@@ -870,8 +888,10 @@ def render(records: list[dict], versions: dict, args) -> str:
             "neural-tangents diagonalises the Gram once (`eigh`) for finite t and uses a "
             "Cholesky solve at t = inf; jacntk runs Lanczos for finite t (one Krylov basis for "
             "all times) and, at t = inf, a Cholesky solve of the in-memory Gram (CG in the rows "
-            "measured before that change) (`jacntk solver` column, from `predict`'s diagnostics)."
-            " "
+            "measured before that change) (`jacntk operator, solver` column, from `predict`'s "
+            "diagnostics; `auto` keeps the Gram in memory up to 4 GiB, `dense` always). Each "
+            "worker runs under the address-space cap of its row (`prlimit --as`, column `memory "
+            "cap GiB`); a cap of 23 GiB is this 24 GiB machine with room for the harness. "
             "Conventions coincide: neural-tangents' `gradient_descent_mse` evolves "
             "exp(-eta t K / N) for one output (it divides by `y_train.size`), jacntk "
             "exp(-c t Theta) with c = eta kappa^2 / N and kappa^2 Theta = K (math.md §0.4): "
@@ -964,6 +984,12 @@ def render_jacobian_profile(rows: list[dict]) -> list[str]:
             gb = (r["N"] * (r["d"] + 1)) ** 2 * 8 / 1e9
             text += f"; `augment` wrote the {gb:.2g} GB dense matrix in {dense:.3g} s"
             text += f" ({gb / dense:.2g} GB/s)"
+            if js.get("dense rewrite") is not None:
+                text += (
+                    f", of which the formula itself (rewriting the mapped result) "
+                    f"{js['dense rewrite']:.3g} s: the rest is allocating and first touching "
+                    "fresh pages"
+                )
         text += (
             f"; neural-tangents {r['pairs_peer']} pairs in {ps['pairs']:.3g} s "
             f"({r['pairs_peer'] / ps['pairs']:.2g} pairs/s)."
@@ -974,11 +1000,11 @@ def render_jacobian_profile(rows: list[dict]) -> list[str]:
     return [
         "### Where the Jacobian-kernel time goes",
         "",
-        "A dense N(d+1) x N(d+1) matrix is O(N^2 d^2) numbers: once the fields are computed, "
-        "forming it is a memory-bound write whose cost no kernel formula removes, so the dense "
-        "route is bounded by the write rate while the peer's per-pair autodiff is not. For small N "
-        "the fields' time is dominated by fixed costs (the diagonal chains, the call), not by "
-        "pairs.",
+        "jacntk's dense route is the fields plus writing the N(d+1) x N(d+1) matrix, O(N^2 d^2) "
+        "numbers; each line splits its time into the fields, the block formula's write into "
+        "mapped memory, and the allocation and first touch of the fresh result, beside the "
+        "peer's per-pair rate. At d = 10 the fields and the write each take about half; no "
+        "kernel formula removes the write.",
         "",
         *lines,
         "",
@@ -1003,6 +1029,32 @@ def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
         + verdict([x[2] for x in sp], lambda v: v >= 4)
         + ("" if not sp else " (" + ", ".join(f"{a} d={d}: {v:.1f}x" for a, d, v in sp) + ")")
     )
+    f32 = [r for r in by_task.get("scalar", []) if r["N"] == 10000 and r["dtype"] == "float32"]
+    sp32 = [(r["act"], r["d"], _speedup(r, "nngp+ntk", "ntk"), r) for r in f32]
+    sp32 = [x for x in sp32 if x[2] is not None]
+    if sp32:
+        f64 = {(r["act"], r["d"]): r for r in scalar}
+
+        def where(a, d, r32):
+            try:
+                t64, t32 = f64[a, d]["jacntk"]["seconds"]["ntk"], r32["jacntk"]["seconds"]["ntk"]
+                peer64 = f64[a, d]["peer"]["seconds"]["nngp+ntk"]
+                peer32 = r32["peer"]["seconds"]["nngp+ntk"]
+            except (KeyError, TypeError):
+                return ""
+            return (
+                f" (jacntk {t64:.2f} s in float64, {t32:.2f} s with the rounding to float32; "
+                f"neural-tangents {peer64:.2f} s in float64, {peer32:.2f} s in float32)"
+            )
+
+        lines.append(
+            "- the same in float32: "
+            + verdict([x[2] for x in sp32], lambda v: v >= 4)
+            + ". Where the time goes: jacntk computes in float64 and rounds the result "
+            "(math.md §0.6), so its float32 time is about its float64 time (plus a copy), while "
+            "JAX halves its arithmetic and memory traffic in float32: "
+            + "; ".join(f"{a} d={d}: {v:.1f}x{where(a, d, r)}" for a, d, v, r in sp32)
+        )
     jac = by_task.get("jacobian", [])
     js = [(r["d"], r["N"], _speedup(r, "extrapolated", "fields")) for r in jac]
     js = [x for x in js if x[2] is not None]
@@ -1126,6 +1178,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", nargs="+", choices=("float64", "float32"))
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up")
     parser.add_argument("--dynamics-repeats", type=int, default=1)
+    parser.add_argument(
+        "--dynamics-operator",
+        choices=("auto", "dense", "structured"),
+        default="auto",
+        help="jacntk.predict's operator for the dynamics rows (auto: dense up to 4 GiB)",
+    )
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument(
         "--times", nargs="+", type=float, default=TIMES, help="dynamics times (inf allowed)"
@@ -1195,6 +1253,7 @@ def main(argv=None) -> int:
                         rec = _record(task, act=act, d=d, N=n, dtype=dtype)
                         rec["jacntk"] = {"error": str(exc)}
             rec.update(load=list(os.getloadavg()), date=time.strftime("%H:%M"))
+            rec.setdefault("mem_limit_gib", args.mem_limit_gib)
             print(json.dumps(rec), flush=True)
             records[row_key(rec)] = rec
             for lib, key in (("jacntk", "jacntk_rss"), ("peer", "peer_rss")):

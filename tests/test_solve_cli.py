@@ -106,9 +106,13 @@ def test_solve_classification_on_a_distributed_cluster_reports_accuracy(workdir)
     lines = local.stdout.splitlines()
     assert lines[0].startswith("t=5: accuracy ") and lines[1].startswith("t=inf: accuracy ")
     assert dist.stdout == local.stdout
+    nys = solve(workdir, *args, "--out", "nys.npz", "--preconditioner", "nystrom", "--rank", "5")
+    assert nys.stdout == local.stdout
     with np.load(workdir / "local.npz") as a, np.load(workdir / "dist.npz") as b:
         assert a["values"].shape == (2, 8, 3)
         np.testing.assert_allclose(a["values"], b["values"], rtol=1e-8, atol=1e-12)
+        with np.load(workdir / "nys.npz") as c:
+            np.testing.assert_allclose(a["values"], c["values"], rtol=1e-8, atol=1e-12)
 
 
 def test_solve_refuses_bad_input_with_clear_errors(workdir):

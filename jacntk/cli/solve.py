@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument(
         "--preconditioner", choices=("block-jacobi", "nystrom", "none"), default="block-jacobi"
     )
+    p.add_argument(
+        "--rank", type=int, default=100, metavar="K", help="Nystrom sketch size (default 100)"
+    )
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     from jacntk.cluster import add_cluster_arguments
@@ -151,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             tol=args.tol,
             maxiter=args.maxiter,
             preconditioner=None if args.preconditioner == "none" else args.preconditioner,
+            rank=args.rank,
             callback=progress,
         )
         if X_test is not None:
