@@ -74,6 +74,8 @@ RESULTS_JSON = PEER_DIR / "results.json"
 PLOT = HERE / "peers_scaling.png"
 
 DEPTH = 3
+#: default address-space cap of a worker (GiB); rows run under another cap say so in their key
+MEM_LIMIT_GIB = 12.0
 TIMES = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, float("inf")]
 FULL = {
     "scalar": {"sizes": [2000, 5000, 10000, 20000], "dims": [10, 784]},
@@ -613,7 +615,7 @@ def row_key(rec: dict) -> str:
     key = "|".join(str(rec[k]) for k in ("task", "act", "d", "N", "dtype"))
     if "times" in rec and not any(np.isinf(rec["times"])):
         key += "|finite-t"
-    if rec.get("mem_limit_gib", 12.0) != 12.0:  # the default cap keeps the older keys
+    if rec.get("mem_limit_gib", MEM_LIMIT_GIB) != MEM_LIMIT_GIB:  # the default keeps old keys
         key += f"|cap{rec['mem_limit_gib']:g}"
     if rec.get("operator", "auto") != "auto":
         key += f"|{rec['operator']}"
@@ -731,7 +733,10 @@ def _task_table(records: list[dict], columns: list[tuple]) -> str:
 
 
 MEMORY_COLUMNS = [
-    ("memory cap GiB", lambda r: "{:g}".format(r.get("mem_limit_gib", 12.0) or float("inf"))),
+    (
+        "memory cap GiB",
+        lambda r: "{:g}".format(r.get("mem_limit_gib", MEM_LIMIT_GIB) or float("inf")),
+    ),
     ("jacntk peak MiB", lambda r: _mem(r, "jacntk")),
     ("NT peak MiB", lambda r: _mem(r, "peer")),
 ]
@@ -1197,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-rows", type=int, default=500)
     parser.add_argument("--jacobian-pairs", type=int, default=4096)
     parser.add_argument("--dense-max-gib", type=float, default=2.0)
-    parser.add_argument("--mem-limit-gib", type=float, default=12.0, help="0: no cap")
+    parser.add_argument("--mem-limit-gib", type=float, default=MEM_LIMIT_GIB, help="0: no cap")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
     parser.add_argument("--expm-tmax", type=float, default=1000.0)
     parser.add_argument(

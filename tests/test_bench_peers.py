@@ -108,8 +108,8 @@ def test_worker_out_of_memory_is_recorded_not_fatal(tmp_path, capsys):
          "--sizes", "20", "--mem-limit-gib", "0.05", "--json", str(store), "--no-write"]
     )  # fmt: skip
     assert code == 0
-    rec = json.loads(store.read_text())["scalar|relu|10|20|float64"]
-    assert "worker exited" in rec["jacntk"]["error"]
+    rec = json.loads(store.read_text())["scalar|relu|10|20|float64|cap0.05"]
+    assert "worker exited" in rec["jacntk"]["error"] and rec["mem_limit_gib"] == 0.05
     assert "### Failures" in capsys.readouterr().out
 
 
