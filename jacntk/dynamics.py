@@ -321,8 +321,10 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     # thread is safe there.
     threads = 1 if A.shape[0] > THREADED_CHOLESKY_LIMIT else None
     try:
+        # A is exactly symmetric, so its transpose is the same matrix in Fortran order: LAPACK
+        # factorises that view in place (A itself would be copied to Fortran order first).
         with threadpool_limits(limits=threads, user_api="blas"):
-            factor = cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
+            factor = cho_factor(A.T, lower=True, overwrite_a=True, check_finite=False)
         return cho_solve(factor, rhs), "cholesky"
     except LinAlgError:
         A = B.base.to_dense() * B.scale[:, None]  # the failed factorisation overwrote A

@@ -273,3 +273,32 @@ def test_dense_t_inf_is_a_direct_solve_and_matches_cg(data):
     )
     assert direct.diagnostics["solver"] == "cholesky" and iterative.diagnostics["solver"] == "cg"
     assert rel(direct.values, iterative.values) < 1e-6
+
+
+def test_dense_t_inf_solve_factorises_in_place():
+    """Peak memory of a dense t = inf prediction: the Gram plus one scaled copy that LAPACK
+    factorises in place (a C-ordered copy handed to ``cho_factor`` would be copied once more to
+    Fortran order: one Gram more).  Measured in a fresh process (VmHWM)."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, jacntk
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+X = np.random.default_rng(0).standard_normal((4000, 20))
+jacntk.predict(jacntk.MLP(2, "erf"), X[:50], X[:50, 0], X[:5], times=[float("inf")])  # warm up
+base = hwm()
+p = jacntk.predict(jacntk.MLP(2, "erf"), X, np.sin(X[:, 0]), X[:5], times=[float("inf")],
+                   gradients=False, jitter=1e-6)
+assert p.diagnostics["solver"] == "cholesky"
+print((hwm() - base) / (8 * 4000**2))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    copies = float(out.stdout.split()[-1])
+    assert copies < 2.7, f"peak {copies:.2f} Gram-sized arrays (2.2 measured in place, 3.2 not)"
