@@ -799,11 +799,20 @@ def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values,
 
 def mark_complete(location: StoreLocation) -> None:
     """Set ``complete`` in the attributes and consolidate the metadata (one writer: the
-    assembling client, after every tile is recorded)."""
+    assembling client, after every tile is recorded).
+
+    With every tile recorded no chunk is being written, so on a local disk any ``*.partial``
+    file left is the temporary file of a write whose worker was killed (zarr's ``LocalStore``
+    writes a temporary file and renames it); those orphans are removed here.
+    """
     import warnings
+    from pathlib import Path
 
     import zarr
 
+    if "://" not in location.url:
+        for orphan in Path(location.url).rglob("*.partial"):
+            orphan.unlink(missing_ok=True)
     group = location.open_group("r+")
     meta = dict(group.attrs["jacntk"])
     meta["complete"] = True

@@ -304,3 +304,21 @@ def test_full_disk_is_a_clear_error_and_other_stores_stay_intact(client, points,
         partial = GramStore.open(mnt / "big.zarr")
         report = partial.verify(sample=0)
         assert report["ok"] and report["missing"] and not partial.complete
+
+
+def test_completing_a_store_removes_orphaned_temporary_chunk_files(client, points, tmp_path):
+    """A worker killed while zarr writes a chunk leaves ``<chunk>.<uuid>.partial``; once every
+    tile is recorded no write is in flight, so marking the store complete removes them (and
+    nothing else)."""
+    from jacntk.store import mark_complete
+
+    assemble(ARCH, points, tmp_path / "g.zarr", tile=16, client=client)
+    root = tmp_path / "g.zarr"
+    before = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+    orphan = root / "K" / "c" / "0" / "1.0123456789abcdef.partial"
+    orphan.write_bytes(b"\x00" * 10)
+    mark_complete(GramStore.open(root).location)
+    assert not orphan.exists()
+    after = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert after == before
+    assert GramStore.open(root).verify()["ok"]
