@@ -22,8 +22,14 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, expm_multiply
 
 import jacntk
+from jacntk.cli.solve import one_hot
 from jacntk.data import fashion_mnist
-from jacntk.dynamics import cross_product, solve_coefficients, training_system
+from jacntk.dynamics import (
+    cross_product,
+    solve_coefficients,
+    training_residual,
+    training_system,
+)
 from jacntk.operators import DenseGram, ScaledGram
 from jacntk.solvers import block_jacobi, cg, extreme_eigenvalues, lanczos_expm, nystrom
 
@@ -136,8 +142,7 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
     from jacntk.store import GramStore
 
     X, y, Xt, yt = standardised_fmnist(n, n_test)
-    Y = np.full((n, 10), -0.1)
-    Y[np.arange(n), y] += 1.0
+    Y = one_hot(y, 10)
     arch = jacntk.MLP(3, "erf")
     root = Path(tempfile.mkdtemp(prefix="jacntk-bench-"))
     stages = {}
@@ -201,11 +206,7 @@ def bench_jntk_structured(
     finite times ``c t`` in ``cts``; with ``target``, also one step (a 10-column product) of the
     operator on ``target`` points, timed."""
     X, y, Xt, yt = standardised_fmnist(n, n_test)
-    Y = np.full((n, 10), -0.1)
-    Y[np.arange(n), y] += 1.0
     d = X.shape[1]
-    R = np.zeros((n, d + 1, 10))
-    R[:, 0] = Y
     system = training_system(
         jacntk.MLP(3, "erf"), X, jacobian_reg=0.01, jitter=1e-6, operator="structured", tile=tile
     )
@@ -216,7 +217,7 @@ def bench_jntk_structured(
         warnings.simplefilter("always")
         coef = solve_coefficients(
             system,
-            R.reshape(n * (d + 1), 10),
+            training_residual(system, one_hot(y, 10)),
             times=times,
             tol=tol,
             callback=lambda m, est: steps.append((m, time.perf_counter() - t0)),

@@ -314,9 +314,14 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     ``n eps lambda_max`` treated as zero (the pseudo-inverse of math.md §4.4)."""
     from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
 
-    A = B.base.to_dense() * B.scale[:, None]  # one copy; factorised in place below
-    A *= B.scale[None, :]
-    A.flat[:: A.shape[0] + 1] += B.jitter
+    def scaled_copy() -> np.ndarray:
+        """``D^{1/2} Theta D^{1/2} + jitter I`` as one new array."""
+        A = B.base.to_dense() * B.scale[:, None]
+        A *= B.scale[None, :]
+        A.flat[:: A.shape[0] + 1] += B.jitter
+        return A
+
+    A = scaled_copy()  # factorised in place below
     # OpenBLAS 0.3.31's threaded Cholesky segfaults from n ~ 16000 (measured here); one BLAS
     # thread is safe there.
     threads = 1 if A.shape[0] > THREADED_CHOLESKY_LIMIT else None
@@ -327,9 +332,7 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
             factor = cho_factor(A.T, lower=True, overwrite_a=True, check_finite=False)
         return cho_solve(factor, rhs), "cholesky"
     except LinAlgError:
-        A = B.base.to_dense() * B.scale[:, None]  # the failed factorisation overwrote A
-        A *= B.scale[None, :]
-        A.flat[:: A.shape[0] + 1] += B.jitter
+        A = scaled_copy()  # the failed factorisation overwrote A
         with threadpool_limits(limits=threads, user_api="blas"):
             w, V = eigh(0.5 * (A + A.T), check_finite=False)
         keep = w > A.shape[0] * np.finfo(float).eps * max(w[-1], 0.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jacntk.cli.solve import one_hot
 from jacntk.cluster import add_cluster_arguments, options_from_args
 
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         f"query: diag mean {diag.mean():.4f}; K[:3, :3] =\n{np.array2string(corner, precision=4)}"
     )
 
-    Y = np.eye(10)[y] - 0.1  # one-hot targets, centred
+    Y = one_hot(y, 10)  # centred one-hot targets
     t0 = time.perf_counter()
     pred = predict(None, store, Y, Xt, times=args.times, gradients=False)
     print(
