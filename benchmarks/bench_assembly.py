@@ -54,7 +54,7 @@ def _worker_peak_rss_mib() -> float:
 
 def _warm(arch, jacobian: bool) -> bool:
     """Load (or compile) the tile kernels in a worker before timing."""
-    from jacntk.fields import compute_tile
+    from jacntk.kernels._compute import compute_tile
 
     x = np.random.default_rng(0).standard_normal((4, 3))
     compute_tile(arch, x, kind="ntk", jacobian=jacobian)
@@ -70,7 +70,7 @@ def run_case(X, arch, *, jacobian: bool, tile: int, workers: int, folder: Path) 
     """Assemble once on a fresh embedded cluster of ``workers`` single-threaded processes."""
     from distributed import Client, LocalCluster
 
-    from jacntk.assembly import assemble
+    from jacntk.store import assemble
 
     threads = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     path = folder / f"gram-{'fields' if jacobian else 'scalar'}-{workers}w.zarr"

@@ -23,7 +23,7 @@ WORKER = r"""
 import json, resource, sys, time, statistics
 import numpy as np
 import jacntk
-from jacntk.fields import compute_tile
+from jacntk.kernels._compute import compute_tile
 cfg = json.loads(sys.argv[1])
 rng = np.random.default_rng(0)
 X = rng.standard_normal((cfg["n"], cfg["d"])) / np.sqrt(cfg["d"]) * 2.0
@@ -32,7 +32,7 @@ mode = cfg["mode"]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def run():
     if mode == "gemm":
-        from jacntk.fields import _inner_products
+        from jacntk.kernels._compute import _inner_products
         _inner_products(X, X, True)
     elif mode == "scalar":
         for kind in ("nngp", "ntk"):

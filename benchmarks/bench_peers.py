@@ -216,7 +216,7 @@ def serve_jacobian(req: dict, cache: dict) -> dict:
         seconds["fields+dense"] = seconds["fields"] + time.perf_counter() - t0
         # profile: the same formula written again into the (now mapped) result, without the
         # first-touch page faults of a fresh array
-        from jacntk.blocks import _augment_into
+        from jacntk.kernels._blocks import _augment_into
 
         t0 = time.perf_counter()
         _augment_into(fields.data, X, X, dense.reshape(X.shape[0], -1, X.shape[0], X.shape[1] + 1))
@@ -239,7 +239,7 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
     if hasattr(jacntk, "predict"):
         predict = jacntk.predict
     else:  # before the public re-export lands
-        from jacntk.dynamics import predict
+        from jacntk.training import predict
 
     arch = _arch(req["arch"])
     X, y, Xt = (np.load(req[k]) for k in ("x", "y", "xt"))
@@ -265,12 +265,12 @@ def serve_dynamics(req: dict, cache: dict) -> dict:
 
 
 def serve_profile(req: dict, cache: dict) -> dict:
-    """Where ``jacntk.kernel`` spends its time: every function of ``jacntk.fields`` that
+    """Where ``jacntk.kernel`` spends its time: every function of ``jacntk.kernels._fields`` that
     ``compute_tile`` calls is wrapped by a timer for one NTK call (inclusive times; the names
     are looked up at run time, so the profile follows the module as it evolves)."""
     import inspect
 
-    import jacntk.fields as fields
+    import jacntk.kernels._fields as fields
     from jacntk import kernel
 
     arch = _arch(req["arch"])
@@ -915,7 +915,7 @@ def render(records: list[dict], versions: dict, args) -> str:
             "### Where jacntk's scalar NTK time goes",
             "",
             'One extra `jacntk.kernel(kind="ntk")` call per row with every function of '
-            "`jacntk.fields` that it calls wrapped by a timer (inclusive seconds; numba "
+            "`jacntk.kernels._fields` that it calls wrapped by a timer (inclusive seconds; numba "
             "kernels run on NUMBA_NUM_THREADS threads).",
             "",
         ]
@@ -1334,7 +1334,7 @@ def run_expm(args, n: int, d: int) -> dict:
     from scipy.sparse.linalg import expm_multiply
 
     import jacntk
-    from jacntk.solvers import lanczos_expm
+    from jacntk.linalg import lanczos_expm
 
     rec = _record("expm", act="erf", d=d, N=n, dtype="float64")
     X = points(n, d)

@@ -24,14 +24,18 @@ from scipy.sparse.linalg import LinearOperator, expm_multiply
 import jacntk
 from jacntk.cli.solve import one_hot
 from jacntk.data import fashion_mnist
-from jacntk.dynamics import (
-    cross_product,
-    solve_coefficients,
-    training_residual,
-    training_system,
+from jacntk.linalg import (
+    DenseGram,
+    ScaledGram,
+    block_jacobi,
+    cg,
+    extreme_eigenvalues,
+    lanczos_expm,
+    nystrom,
 )
-from jacntk.operators import DenseGram, ScaledGram
-from jacntk.solvers import block_jacobi, cg, extreme_eigenvalues, lanczos_expm, nystrom
+from jacntk.training import solve_coefficients, training_system
+from jacntk.training._predict import cross_product
+from jacntk.training._system import training_residual
 
 try:
     from benchmarks.results import peak_rss_mib, table, write_section
@@ -138,8 +142,7 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
     """Scalar NTK: assemble a float32 store on the embedded cluster, then (workers closed) read
     its upper tiles once into memory, Nystrom-preconditioned CG at t = inf and Lanczos (10
     outputs in lockstep) at 9 finite times; test accuracy at all 10."""
-    from jacntk.assembly import assemble
-    from jacntk.store import GramStore
+    from jacntk.store import GramStore, assemble
 
     X, y, Xt, yt = standardised_fmnist(n, n_test)
     Y = one_hot(y, 10)

@@ -1,23 +1,32 @@
-"""jacntk: infinite-width NNGP/NTK kernels and their Jacobian-augmented forms for deep MLPs."""
+"""jacntk: infinite-width NNGP/NTK kernels and their Jacobian-augmented forms for deep MLPs.
 
+The public API is re-exported here; the implementation lives in subpackages by concern
+(``kernels``, ``linalg``, ``store``, ``training``, ``finite``; see docs/architecture.md).
+"""
+
+from ._version import __version__ as __version__
 from .arch import ACTIVATIONS, KINDS, MLP
-from .assembly import assemble
-from .blocks import (
+from .kernels import (
+    FIELD_NAMES,
+    KernelFields,
     augment,
     coordinate_directions,
+    kernel,
+    kernel_fields,
     projected_kernel,
     random_directions,
     structured_matmul,
 )
-from .dynamics import Prediction, max_stable_learning_rate, predict
-from .estimator import KernelRegressor
-from .fields import FIELD_NAMES, KernelFields, kernel_fields
-from .kernels import kernel
-from .operators import CrossGram, DenseGram, GramOperator, ScaledGram, StoredGram, StructuredGram
-from .solvers import (
+from .linalg import (
     ConvergenceWarning,
+    CrossGram,
+    DenseGram,
+    GramOperator,
     KrylovResult,
+    ScaledGram,
     SolveResult,
+    StoredGram,
+    StructuredGram,
     block_jacobi,
     cg,
     extreme_eigenvalues,
@@ -27,9 +36,8 @@ from .solvers import (
     lanczos_psi,
     nystrom,
 )
-from .store import GramStore
-
-__version__ = "0.1.0"
+from .store import GramStore, assemble
+from .training import KernelRegressor, Prediction, max_stable_learning_rate, predict
 
 __all__ = [
     "ACTIVATIONS",

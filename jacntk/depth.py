@@ -20,7 +20,8 @@ equation for ``(omega, sigma_b^2)`` at a given ``q*`` gives the EOC curve
 (a point exists where ``sigma_b^2 >= 0``); for erf this is ``sigma_w^2 = pi/4 sqrt(1 + 4 q*)``,
 for ReLU the single point ``(sigma_w^2, sigma_b) = (2, 0)``.
 
-Every Gaussian expectation here is a moment ``F^{ij}(c, a, b)`` of :mod:`jacntk.moments` (closed
+Every Gaussian expectation here is a moment ``F^{ij}(c, a, b)`` of :mod:`jacntk.kernels._moments`
+(closed
 forms for erf and ReLU, Gauss–Hermite for the rest); the kernels themselves come from
 :func:`jacntk.kernel`, never from a second implementation.
 
@@ -43,8 +44,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .arch import ACTIVATIONS, MLP
-from .kernels import kernel
-from .moments import ACT_CODES, N_MOMENTS, SCALAR, gaussian_moments, quadrature_step
+from .kernels._compute import kernel
+from .kernels._moments import ACT_CODES, N_MOMENTS, SCALAR, gaussian_moments, quadrature_step
 from .validation import as_points
 
 #: Relative tolerance on ``|chi - 1|`` under which :func:`phase` reports the Edge of Chaos.

@@ -18,8 +18,7 @@ import pytest
 from distributed import Client, get_task_stream
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.store import GramStore
+from jacntk.store import GramStore, assemble
 
 DASK = str(Path(sys.executable).with_name("dask"))
 ENV = {

@@ -7,10 +7,9 @@ import pytest
 from scipy.linalg import cho_factor, cho_solve, expm
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.dynamics import predict
-from jacntk.solvers import ConvergenceWarning
-from jacntk.store import GramStore
+from jacntk.linalg import ConvergenceWarning
+from jacntk.store import GramStore, assemble
+from jacntk.training import predict
 
 ARCH = jacntk.MLP(3, "erf", sigma_b=0.1, kappa=0.7)
 N, D = 14, 3
@@ -246,7 +245,7 @@ def test_non_converging_solve_warns_with_diagnostics(data):
 
 
 def test_max_stable_learning_rate_is_2n_over_lambda_max(data):
-    from jacntk.dynamics import max_stable_learning_rate, training_system
+    from jacntk.training import max_stable_learning_rate, training_system
 
     X, y, Xt = data
     system = training_system(ARCH, X, jacobian_reg=0.1)

@@ -1,4 +1,4 @@
-"""Finite networks as ground truth (jacntk.empirical; math.md §4.1, §5.9, §5.11, §7).
+"""Finite networks as ground truth (jacntk.finite; math.md §4.1, §5.9, §5.11, §7).
 
 Exact checks (finite differences, small widths) validate the finite-network machinery itself;
 Monte-Carlo checks over wide networks (width 2048, standard error < 1 % of the kernel's scale)
@@ -22,7 +22,7 @@ import pytest
 from scipy.stats import norm
 
 from jacntk import MLP, kernel
-from jacntk import empirical as E
+from jacntk import finite as E
 
 WIDTH = 2048
 

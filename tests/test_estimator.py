@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.dynamics import predict
-from jacntk.estimator import KernelRegressor
+from jacntk.training import KernelRegressor, predict
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.fields import FIELD_TRANSPOSE, compute_tile
-from jacntk.reference import reference_augment, reference_fields
+from jacntk.kernels._compute import compute_tile
+from jacntk.kernels._fields import FIELD_TRANSPOSE
+from jacntk.kernels._reference import reference_augment, reference_fields
 
 
 def fd_jacobian_kernel(arch, X1, X2, kind, h=1e-4):

@@ -4,7 +4,7 @@ and against itself at half the step, over the variances met in deep networks."""
 import numpy as np
 import pytest
 
-from jacntk.moments import (
+from jacntk.kernels._moments import (
     ACT_CODES,
     ERF_BY_QUADRATURE,
     NTK_JETS,

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.operators import (
-    CrossGram,
-    DenseGram,
-    ScaledGram,
-    StoredGram,
-    StructuredGram,
-    scaling_vector,
-)
-from jacntk.store import GramStore
+from jacntk.linalg import CrossGram, DenseGram, ScaledGram, StoredGram, StructuredGram
+from jacntk.linalg._scaled import scaling_vector
+from jacntk.store import GramStore, assemble
 
 ARCH = jacntk.MLP(3, "erf", sigma_b=0.2)
 

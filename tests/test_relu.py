@@ -1,4 +1,5 @@
-"""Stable ReLU Jacobian NNGP and truncated JNTK blocks (jacntk.relu; math.md §0.5, §5.9)."""
+"""Stable ReLU Jacobian NNGP and truncated JNTK blocks (jacntk.kernels._relu_blocks; math.md §0.5,
+§5.9)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,9 @@ from jacntk import (
     random_directions,
     structured_matmul,
 )
-from jacntk.relu import (
-    hidden_angle_sines,
-    pair_basis,
-    relu_pair_matmul,
-    relu_projected_kernel,
-    relu_stable_blocks,
-)
+from jacntk.finite import monte_carlo_kernels
+from jacntk.kernels._relu_blocks import pair_basis, relu_stable_blocks
+from jacntk.kernels._relu_tiles import hidden_angle_sines, relu_pair_matmul, relu_projected_kernel
 
 DEPTHS = (1, 2, 3)
 SIGMAS = ((1.0, 0.0), (1.4, 0.3))
@@ -269,16 +266,15 @@ def test_layer_step_matches_monte_carlo_over_layer_gp(depth):
 
 
 def test_wide_relu_networks_follow_stable_blocks():
-    """Finite ReLU nets of width 2048 (jacntk.empirical): the empirical Jacobian NNGP and the
+    """Finite ReLU nets of width 2048 (jacntk.finite): the empirical Jacobian NNGP and the
     autodiff JNTK (phi'' = 0) match the stable blocks within 4 standard errors, including a
     pair at distance 1e-6 (where the field formula cancels)."""
-    empirical = pytest.importorskip("jacntk.empirical", reason="needs jacntk.empirical")
     arch = MLP(2, "relu", 1.2, 0.3)
     rng = np.random.default_rng(3)
     d = 3
     x = rng.standard_normal(d)
     X = np.stack([x, x + 1e-6 * rng.standard_normal(d), rng.standard_normal(d)])
-    mc = empirical.monte_carlo_kernels(
+    mc = monte_carlo_kernels(
         arch, X, width=2048, n_networks=10, kinds=KINDS, jacobian=True, seed=11
     )
     for kind in KINDS:

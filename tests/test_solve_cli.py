@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.dynamics import predict
-from jacntk.store import GramStore
+from jacntk.store import GramStore, assemble
+from jacntk.training import predict
 
 ARCH = jacntk.MLP(2, "erf", sigma_b=0.2)
 

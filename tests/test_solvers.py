@@ -9,9 +9,11 @@ import pytest
 from scipy.linalg import cho_factor, cho_solve, eigh, expm
 
 import jacntk
-from jacntk.operators import DenseGram, ScaledGram, StructuredGram
-from jacntk.solvers import (
+from jacntk.linalg import (
     ConvergenceWarning,
+    DenseGram,
+    ScaledGram,
+    StructuredGram,
     block_jacobi,
     cg,
     extreme_eigenvalues,

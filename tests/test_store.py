@@ -16,9 +16,8 @@ import pytest
 import zarr
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.fields import FIELD_NAMES
-from jacntk.store import GramStore
+from jacntk.kernels import FIELD_NAMES
+from jacntk.store import GramStore, assemble
 
 ARCH = jacntk.MLP(2, "erf", sigma_b=0.3)
 
@@ -310,7 +309,7 @@ def test_completing_a_store_removes_orphaned_temporary_chunk_files(client, point
     """A worker killed while zarr writes a chunk leaves ``<chunk>.<uuid>.partial``; once every
     tile is recorded no write is in flight, so marking the store complete removes them (and
     nothing else)."""
-    from jacntk.store import mark_complete
+    from jacntk.store._writer import mark_complete
 
     assemble(ARCH, points, tmp_path / "g.zarr", tile=16, client=client)
     root = tmp_path / "g.zarr"

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.store import GramStore
+from jacntk.store import GramStore, assemble
 
 ARCH = jacntk.MLP(3, "gelu", sigma_b=0.1)
 ARCH_ARGS = ["--activation", "gelu", "--depth", "3", "--sigma-b", "0.1"]

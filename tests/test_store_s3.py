@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.assembly import assemble
-from jacntk.store import GramStore
+from jacntk.store import GramStore, assemble
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs not installed (pip install 'jacntk[s3]')")
 moto_server = pytest.importorskip(

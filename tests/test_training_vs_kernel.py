@@ -1,6 +1,6 @@
 """Wide networks trained for real follow the kernel ODE (issue 4; math.md §4.3–§4.4, Thm 4.5).
 
-Finite NTK-parametrised networks (jacntk.empirical) are trained by full-batch gradient descent on
+Finite NTK-parametrised networks (jacntk.finite) are trained by full-batch gradient descent on
 the Jacobian-regularised loss of math.md §0.4.  Their test predictions — values *and*
 input-gradients — after k steps are compared with ``jacntk.predict`` (the infinite-width JNTK
 ODE) started from the network's own initial function ``F_0`` (so the comparison isolates the
@@ -18,15 +18,11 @@ predictor ``psi_k`` (``predict(..., steps=[k])``); the test also checks that ``p
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy.linalg import eigh
 
+import jacntk
 from jacntk import MLP, kernel
-from jacntk import empirical as E
-
-dynamics = pytest.importorskip(
-    "jacntk.dynamics", reason="jacntk.dynamics (jacntk.predict, issue 4) is not available yet"
-)
+from jacntk import finite as E
 
 D_IN, N_TRAIN, N_TEST = 3, 6, 4
 LAM, ETA, STEPS = 0.1, 0.5, 200
@@ -67,7 +63,7 @@ def _dense_prediction(arch, X, y, X_test, F0_train, F0_test, k):
 
 def _predict(arch, X, y, X_test, F0_train, F0_test, **when):
     """jacntk.predict from the network's own initial function, at ``steps=`` or ``times=``."""
-    result = dynamics.predict(
+    result = jacntk.predict(
         arch,
         X,
         y,

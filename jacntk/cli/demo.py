@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jacntk.cli.solve import one_hot
-from jacntk.cluster import add_cluster_arguments, options_from_args
+from jacntk.distributed import add_cluster_arguments, options_from_args
 
 
 def register(sub) -> None:

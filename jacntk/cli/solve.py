@@ -57,7 +57,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    from jacntk.cluster import add_cluster_arguments
+    from jacntk.distributed import add_cluster_arguments
 
     add_cluster_arguments(p)
     p.set_defaults(func=run)
@@ -100,15 +100,11 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jacntk.cluster import get_client, options_from_args
-    from jacntk.dynamics import (
-        _check_targets,
-        cross_product,
-        solve_coefficients,
-        training_residual,
-        training_system,
-    )
-    from jacntk.store import GramStore
+    from jacntk.distributed import get_client, options_from_args
+    from jacntk.store._reader import GramStore
+    from jacntk.training._coefficients import solve_coefficients
+    from jacntk.training._predict import cross_product
+    from jacntk.training._system import _check_targets, training_residual, training_system
     from jacntk.validation import as_points
 
     out = Path(args.out)

@@ -11,8 +11,8 @@ import numpy as np
 
 def register(sub) -> None:
     from jacntk.arch import ACTIVATIONS, KINDS
-    from jacntk.cluster import add_cluster_arguments
-    from jacntk.store import DTYPES
+    from jacntk.distributed import add_cluster_arguments
+    from jacntk.store._format import DTYPES
 
     p = sub.add_parser(
         "assemble",
@@ -147,9 +147,9 @@ def _as_cli_error(exc: OSError) -> Exception:
 
 def run_assemble(args: argparse.Namespace) -> int:
     from jacntk.arch import MLP
-    from jacntk.assembly import assemble
-    from jacntk.cluster import options_from_args
     from jacntk.data import load_points
+    from jacntk.distributed import options_from_args
+    from jacntk.store._assembly import assemble
 
     arch = MLP(args.depth, args.activation, args.sigma_w, args.sigma_b, args.kappa)
     X = load_points(args.data)
@@ -182,7 +182,7 @@ def run_assemble(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from jacntk.store import GramStore
+    from jacntk.store._reader import GramStore
 
     info = GramStore.open(args.store, storage_options(args.storage_option)).info()
     if args.json:
@@ -207,7 +207,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from jacntk.store import GramStore
+    from jacntk.store._reader import GramStore
 
     rows = parse_index_spec(args.rows, "--rows")
     cols = parse_index_spec(args.cols, "--cols")
@@ -222,7 +222,7 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from jacntk.store import GramStore
+    from jacntk.store._reader import GramStore
 
     gram = GramStore.open(args.store, storage_options(args.storage_option))
     report = gram.verify(sample=args.sample, seed=args.seed)

@@ -1,6 +1,7 @@
 """Plain-NumPy reference of the field recursion (math.md §5.5–§5.7), vectorised over pairs.
 
-It implements the same mathematics as the Numba tiles of :mod:`jacntk.fields` without sharing
+It implements the same mathematics as the Numba tiles of :mod:`jacntk.kernels._fields` without
+sharing
 their code — moments are evaluated on whole arrays of pairs, the jets are carried as a dict of
 arrays — so the tests can compare the two to round-off.  It is slow and memory-hungry by design
 (O(n1 n2 nodes^2) for quadrature activations); use it for checking only.
@@ -12,9 +13,9 @@ import numpy as np
 from scipy.special import erf as _erf
 from scipy.special import expit
 
-from .arch import MLP, check_kind
-from .moments import ACT_CODES, COLLINEAR_TOL, QUADRATURE_STEP
-from .validation import as_pair
+from ..arch import MLP, check_kind
+from ..validation import as_pair
+from ._moments import ACT_CODES, COLLINEAR_TOL, QUADRATURE_STEP
 
 _JETS = ("", "p", "q", "r", "pp", "pq", "pr", "qr")
 
@@ -88,7 +89,7 @@ def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.
 
 
 def _trapezoid_moments(activation: str, c, a, b) -> dict[str, np.ndarray]:
-    """The trapezoid rule of :func:`jacntk.moments._quadrature_moments`, on arrays of pairs
+    """The trapezoid rule of :func:`jacntk.kernels._moments._quadrature_moments`, on arrays of pairs
     (each pair's grid padded to the largest one, padded nodes weighted zero)."""
     h = QUADRATURE_STEP[ACT_CODES[activation]]
     R = 9.0
@@ -122,7 +123,8 @@ def _trapezoid_moments(activation: str, c, a, b) -> dict[str, np.ndarray]:
 def reference_fields(
     arch: MLP, X1, X2=None, *, kind: str = "ntk", jacobian: bool = True
 ) -> np.ndarray:
-    """Reference of :func:`jacntk.fields.compute_tile`: (8, n1, n2) fields, or (n1, n2) values."""
+    """Reference of :func:`jacntk.kernels._compute.compute_tile`: (8, n1, n2) fields, or (n1, n2)
+    values."""
     check_kind(arch, kind, jacobian)
     A, B, symmetric = as_pair(X1, X2)
     d = A.shape[1]
@@ -229,7 +231,7 @@ def reference_fields(
 
 def reference_augment(fields: np.ndarray, X1: np.ndarray, X2: np.ndarray) -> np.ndarray:
     """Dense augmented matrix from (8, n1, n2) fields by NumPy broadcasting and ``einsum`` (the
-    block formula of :mod:`jacntk.blocks`), point-major (n1 (d+1), n2 (d+1))."""
+    block formula of :mod:`jacntk.kernels._blocks`), point-major (n1 (d+1), n2 (d+1))."""
     K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = np.asarray(fields, dtype=np.float64)
     A, B = np.asarray(X1, dtype=np.float64), np.asarray(X2, dtype=np.float64)
     n1, d = A.shape

@@ -5,7 +5,8 @@ The task graph has two kinds of small tasks and never holds the matrix:
 * ``points-I``: read input tile ``X_I`` from the store (the inputs are written first);
 * ``tile-I-J`` for ``I <= J`` (symmetry: each pair of points is computed once): the pure
   function ``compute_tile(arch, X_I, X_J, plan=plan)`` (``X_J = None`` on the diagonal), then
-  :func:`jacntk.store.write_tile`, which writes the chunks this task alone owns and, last, its
+  :func:`jacntk.store._writer.write_tile`, which writes the chunks this task alone owns and, last,
+  its
   manifest record.
 
 Order: validate everything, write metadata and inputs, run the missing tiles, then mark the store
@@ -23,27 +24,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .arch import MLP, check_kind
-from .fields import Plan, compute_tile, make_plan
-from .store import (
+from ..arch import MLP, check_kind
+from ..kernels._compute import compute_tile
+from ..kernels._fields import Plan, make_plan
+from ..validation import as_points
+from ._format import (
     DEFAULT_TILE,
-    GramStore,
-    StoreLocation,
     check_dtype,
     check_tile,
     compare_attributes,
-    create_store,
-    mark_complete,
-    read_store_attributes,
     scan_manifest,
     store_attributes,
     upper_tiles,
     utc_now,
-    writable_arrays,
-    write_inputs,
-    write_tile,
 )
-from .validation import as_points
+from ._location import StoreLocation, read_store_attributes, writable_arrays
+from ._reader import GramStore
+from ._writer import create_store, mark_complete, write_inputs, write_tile
 
 
 @dataclass(frozen=True)
@@ -269,7 +266,7 @@ def assemble(
     dtype : {"float64", "float32"}
         Storage precision (computation is float64).
     client : distributed.Client, optional
-        Run on this client; else ``cluster`` (a :class:`jacntk.cluster.ClusterOptions`) says
+        Run on this client; else ``cluster`` (a :class:`jacntk.distributed.ClusterOptions`) says
         where, and with neither an embedded ``LocalCluster`` is started and closed.
     overwrite : bool
         Replace a store made for other inputs or settings (default: refuse).
@@ -349,7 +346,7 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
     spent computing tiles, seconds spent writing them)."""
     from distributed import as_completed
 
-    from .cluster import get_client
+    from ..distributed import get_client
 
     tile, n = meta["tile"], meta["n"]
     token = uuid.uuid4().hex[:10]
@@ -400,6 +397,3 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
             c.cancel(futures)
             raise
     return nbytes, workers, compute_seconds, write_seconds
-
-
-__all__ = ["AssemblyReport", "assemble", "prepare_store"]

@@ -8,10 +8,11 @@ is therefore fixed by eight scalar *fields*
 
 evaluated at each pair.  This module computes them for a tile of pairs in one fused pass over the
 layers, in Numba (``fields_tile``, ``scalar_tile``), parallel over rows, exploiting symmetry when
-``X2 is X1``.  :mod:`jacntk.reference` is a plain-NumPy implementation of the same recursion.
+``X2 is X1``.  :mod:`jacntk.kernels._reference` is a plain-NumPy implementation of the same
+recursion.
 
 Recursion (``omega = sigma_w^2``; ``c = S``, ``a = v_l(q)``, ``b = v_l(r)``, ``a_q = v_l'(q)``,
-``b_r = v_l'(r)``; ``F^{ij}`` from :mod:`jacntk.moments`)::
+``b_r = v_l'(r)``; ``F^{ij}`` from :mod:`jacntk.kernels._moments`)::
 
     layer 1:  S = omega p / d + sigma_b^2,  S_p = omega / d,  other jets 0,  T = S
     S'      = omega F00 + sigma_b^2
@@ -35,12 +36,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from .arch import MLP, check_kind
-from .moments import (
+from ..arch import MLP, check_kind
+from ._moments import (
     ACT_CODES,
     ALIGNED,
     ANTIPODAL,
@@ -53,7 +53,6 @@ from .moments import (
     gaussian_moments,
     quadrature_step,
 )
-from .validation import as_pair
 
 FIELD_NAMES = ("K", "K_p", "K_q", "K_r", "K_pp", "K_pq", "K_pr", "K_qr")
 #: Field index under the exchange x <-> x' (K_q <-> K_r, K_pq <-> K_pr; math.md §5.2).
@@ -86,7 +85,8 @@ def make_plan(arch: MLP, kind: str, jacobian: bool) -> Plan:
     """Validate ``kind`` for ``arch`` and collect the compiled kernels' arguments.
 
     The quadrature of smooth activations adapts its node count to each pair's variances
-    (:func:`jacntk.moments.gaussian_moments`), so a plan depends on the architecture and kind
+    (:func:`jacntk.kernels._moments.gaussian_moments`), so a plan depends on the architecture and
+    kind
     only and is shared by all tiles of a Gram matrix.
     """
     check_kind(arch, kind, jacobian)
@@ -402,34 +402,6 @@ def _mirror(src, dst):
                     dst[j, i] = src[i, j]
 
 
-#: Row-block size of the symmetric inner products (see ``_inner_products``).
-GEMM_BLOCK = 5000
-
-
-def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
-    """``P = X1 X2^T`` and the squared norms, with ``P_ii = q_i`` exactly on the diagonal of a
-    symmetric Gram (so x = x' is recognised as such).
-
-    Symmetric tiles read only the upper triangle of ``P``, so only the blocks ``I <= J`` are
-    computed (half the flops of a GEMM): SYRK on the diagonal blocks, GEMM off them.  The
-    blocks keep each SYRK at most ``GEMM_BLOCK`` rows: OpenBLAS 0.3.31's threaded SYRK (what
-    numpy uses for ``X @ X.T``) crashes for X of shape 20000 x 784 (measured here).
-    """
-    q1 = np.einsum("ij,ij->i", X1, X1)
-    if not symmetric:
-        return X1 @ X2.T, q1, np.einsum("ij,ij->i", X2, X2)
-    n = X1.shape[0]
-    P = np.empty((n, n))
-    for i in range(0, n, GEMM_BLOCK):
-        j = i + GEMM_BLOCK
-        rows = X1[i:j]
-        P[i:j, i:j] = rows @ rows.T  # SYRK on a block small enough for OpenBLAS
-        if j < n:
-            P[i:j, j:] = rows @ X1[j:].T
-    np.fill_diagonal(P, q1)
-    return P, q1, q1
-
-
 @dataclass(frozen=True)
 class KernelFields:
     """The structured representation of a Jacobian-augmented kernel matrix (math.md §5.2).
@@ -461,65 +433,3 @@ class KernelFields:
     def as_dict(self) -> dict[str, np.ndarray]:
         """The eight fields by name."""
         return dict(zip(FIELD_NAMES, self.data, strict=True))
-
-
-def compute_tile(
-    arch: MLP, X1, X2=None, *, kind: str = "ntk", jacobian: bool = False, plan: Plan | None = None
-) -> np.ndarray:
-    """Scalar kernel ``(n1, n2)`` or field array ``(8, n1, n2)`` for one tile of pairs.
-
-    This is the pure function that distributed assembly runs per tile; ``X2=None`` (or
-    ``X2 is X1``) computes a symmetric diagonal tile.  ``plan`` (``make_plan``) may be passed
-    to validate the architecture and kind once for many tiles.
-    """
-    A, B, symmetric = as_pair(X1, X2)
-    plan = make_plan(arch, kind, jacobian) if plan is None else plan
-    check_kind(arch, kind, jacobian)
-    # Small tiles run on the calling thread: waking Numba's pool costs more than the work (and
-    # tens of ms on a loaded machine).
-    pairs = A.shape[0] * B.shape[0]
-    small = pairs < (SMALL_TILE_PAIRS if plan.act in (0, 1) else SMALL_TILE_PAIRS // 256)
-    previous = numba.get_num_threads()
-    if small:
-        numba.set_num_threads(1)
-    try:
-        return _compute(plan, A, B, symmetric, jacobian)
-    finally:
-        numba.set_num_threads(previous)
-
-
-def _compute(plan: Plan, A: np.ndarray, B: np.ndarray, symmetric: bool, jacobian: bool):
-    P, q1, q2 = _inner_products(A, B, symmetric)
-    d = A.shape[1]
-    v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.h)
-    v2, vp2 = (
-        (v1, vp1)
-        if symmetric
-        else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.h)
-    )
-    common = (plan.act, plan.kind, plan.depth, plan.omega, plan.sb2, plan.kappa2, P, d)
-    if jacobian:
-        return fields_tile(*common, v1, vp1, v2, vp2, plan.h, symmetric)
-    if plan.act in (0, 1):
-        return _closed_form_scalar_tile(*common, v1, v2, symmetric)
-    return scalar_tile(*common, v1, v2, plan.h, symmetric)
-
-
-def kernel_fields(arch: MLP, X1, X2=None, *, kind: str = "ntk") -> KernelFields:
-    """The eight coefficient fields of the Jacobian-augmented kernel between two point sets.
-
-    Parameters
-    ----------
-    arch : MLP
-    X1 : (n1, d) array_like
-    X2 : (n2, d) array_like, optional
-        Defaults to ``X1`` (symmetric Gram; only half the pairs are computed).
-    kind : {"ntk", "nngp", "ntk_truncated"}
-
-    Returns
-    -------
-    KernelFields
-        ``K_bullet[i, j] = kappa^2 d_bullet K(p, q, r)`` at ``p = <x_i, x'_j>``, ``q = |x_i|^2``,
-        ``r = |x'_j|^2`` (math.md §5.2, §5.5).  Cost O(n1 n2 (d + depth)).
-    """
-    return KernelFields(compute_tile(arch, X1, X2, kind=kind, jacobian=True), kind)

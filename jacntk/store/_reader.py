@@ -1,256 +1,35 @@
-"""Gram matrices as persistent Zarr v3 stores: layout, fingerprints, manifest, queries, verify.
-
-A store is one Zarr v3 group, readable with plain ``zarr.open_group`` and explained by its own
-attributes (``group.attrs["jacntk"]``).  For ``n`` points in ``d`` dimensions and tile size
-``t`` (``n_tiles = ceil(n / t)``)::
-
-    zarr.json      attributes "jacntk": format, format_version, jacntk version, arch (MLP.to_dict),
-                   kind, jacobian, n, d, tile, n_tiles, dtype, fingerprint (sha256 of the inputs),
-                   uuid, created, inputs_written, complete, layout (a sentence per array)
-    X              (n, d) float64, chunks (t, d): the inputs, bit for bit
-    K              (n, n) dtype, chunks (t, t): scalar Gram (or the field K of a Jacobian store)
-    K_p, K_pp, K_qr   (Jacobian stores) further self-transposed fields, like K
-    K_q, K_pq         (Jacobian stores) written in full (both triangles):
-                      K_r = K_q^T and K_pr = K_pq^T (math.md §5.2, ``FIELD_TRANSPOSE``)
-    manifest       (n_tiles, n_tiles, n_fields, 32) uint8, chunks (1, 1, n_fields, 32):
-                   sha256 of every field of tile (I, J), I <= J (values in the stored dtype,
-                   C order; ``FIELD_NAMES`` order for Jacobian stores); all zeros = not done
-
-Only tiles ``I <= J`` of the symmetric Gram are computed.  The task of tile (I, J) is the only
-writer of chunk (I, J) of every array, of chunk (J, I) of ``K_q`` and ``K_pq``, and of
-``manifest[I, J]``, which it writes *after* its data; unwritten chunks read as NaN.  A lower tile
-is read by mirroring the upper one.  Once every tile is recorded the group attributes say
-``complete`` and the metadata is consolidated.
-
-Stores may live anywhere fsspec reaches (``s3://bucket/gram.zarr`` with ``storage_options``).
-"""
+"""``GramStore``: open, query and verify a Gram store (reads only)."""
 
 from __future__ import annotations
 
-import datetime
 import functools
-import hashlib
-import json
-import math
-import os
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arch import MLP
-from .fields import FIELD_NAMES, Plan, compute_tile, make_plan, transpose_fields
-from .validation import as_vector
-
-FORMAT = "jacntk-gram"
-FORMAT_VERSION = 1
-#: Tile edge used when none is given (a float64 chunk of 8 MiB).
-DEFAULT_TILE = 1024
-DTYPES = ("float64", "float32")
-#: Fields kept by a Jacobian store; K_r and K_pr are the transposes of K_q and K_pq.
-STORED_FIELDS = ("K", "K_p", "K_q", "K_pp", "K_pq", "K_qr")
-#: Stored fields written in both triangles (the rest are self-transposed: upper tiles only).
-FULL_FIELDS = ("K_q", "K_pq")
-_MISSING_SHOWN = 10
-
-
-# --------------------------------------------------------------------------------------------
-# Pure helpers
-# --------------------------------------------------------------------------------------------
-
-
-def fingerprint(X: np.ndarray) -> str:
-    """``"sha256:<hex>"`` of the inputs: shape header plus the float64 C-order bytes.
-
-    Parameters
-    ----------
-    X : (n, d) float64, C-contiguous (as returned by ``as_points``)
-    """
-    h = hashlib.sha256(f"{X.shape[0]}x{X.shape[1]}:float64:".encode())
-    h.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def field_digests(values: np.ndarray) -> np.ndarray:
-    """sha256 of each field of one tile: ``(n_fields, 32)`` uint8.
-
-    ``values`` is ``(ti, tj)`` (one field) or ``(8, ti, tj)`` in the stored dtype; each field is
-    hashed as its C-order bytes.
-    """
-    fields = values[None] if values.ndim == 2 else values
-    out = np.empty((fields.shape[0], 32), dtype=np.uint8)
-    for k, f in enumerate(fields):
-        out[k] = np.frombuffer(hashlib.sha256(np.ascontiguousarray(f).tobytes()).digest(), np.uint8)
-    return out
-
-
-def upper_tiles(n_tiles: int) -> list[tuple[int, int]]:
-    """All tile pairs ``(I, J)`` with ``I <= J``, row by row."""
-    return [(i, j) for i in range(n_tiles) for j in range(i, n_tiles)]
-
-
-def check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return name
-
-
-def check_tile(tile) -> int:
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile!r}")
-    return int(tile)
-
-
-def run_concurrently(coroutines: list) -> list:
-    """Await Zarr's async reads/writes together on its event loop (one round trip per tile
-    instead of one per chunk; matters on object stores)."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def gather():
-        return await asyncio.gather(*coroutines)
-
-    return sync(gather())
-
-
-def _indices(sel, n: int, name: str) -> np.ndarray:
-    """Point indices from an int, a slice, a boolean mask or a list/array of ints."""
-    if sel is None:
-        return np.arange(n)
-    if isinstance(sel, slice):
-        return np.arange(n)[sel]
-    if isinstance(sel, range):
-        sel = list(sel)
-    arr = np.asarray(sel)
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(f"boolean {name} mask must have shape ({n},), got {arr.shape}")
-        return np.flatnonzero(arr)
-    if arr.ndim > 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be an int, a slice or a 1-D list of ints, got {sel!r}")
-    arr = np.atleast_1d(arr).astype(np.int64)
-    bad = arr[(arr < -n) | (arr >= n)]
-    if bad.size:
-        raise ValueError(
-            f"{name} index {int(bad[0])} is out of range for a Gram of n={n} points "
-            f"(valid: 0..{n - 1}, or -{n}..-1 from the end)"
-        )
-    return np.where(arr < 0, arr + n, arr)
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------------------------
-# Where a store lives
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreLocation:
-    """A store path or fsspec URL and the options of its file system (small, picklable)."""
-
-    url: str
-    storage_options: str = "{}"  # JSON, so that the location hashes and pickles
-
-    @classmethod
-    def of(cls, path_or_url, storage_options: dict | None = None) -> StoreLocation:
-        if isinstance(path_or_url, StoreLocation):
-            return path_or_url
-        if not isinstance(path_or_url, (str, os.PathLike)):
-            raise ValueError(f"store must be a path or URL, got {path_or_url!r}")
-        url = os.fspath(path_or_url)
-        if "://" not in url:
-            if storage_options:
-                raise ValueError("storage_options apply only to URLs such as s3://bucket/path")
-            url = os.path.abspath(url)
-        try:
-            options = json.dumps(storage_options or {}, sort_keys=True)
-        except TypeError as exc:
-            raise ValueError(f"storage_options must be JSON-serialisable: {exc}") from None
-        return cls(url, options)
-
-    @property
-    def options(self) -> dict:
-        return json.loads(self.storage_options)
-
-    def zarr_store(self, read_only: bool):
-        from zarr.storage import FsspecStore, LocalStore
-
-        if "://" not in self.url:
-            return LocalStore(self.url, read_only=read_only)
-        return FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
-
-    def filesystem(self):
-        """``(fsspec filesystem, root path)``."""
-        from fsspec.core import url_to_fs
-
-        fs, root = url_to_fs(self.url, **self.options)
-        fs.invalidate_cache()  # listings may have changed (other writers)
-        return fs, root
-
-    def exists(self) -> bool:
-        fs, root = self.filesystem()
-        return fs.exists(root)
-
-    def has_entries(self) -> bool:
-        fs, root = self.filesystem()
-        try:
-            return bool(fs.ls(root, detail=False))
-        except FileNotFoundError:
-            return False
-        except NotADirectoryError:
-            return True
-
-    def open_group(self, mode: str):
-        """The Zarr group (``mode`` "r", "r+" or "w")."""
-        import zarr
-
-        return zarr.open_group(
-            store=self.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3
-        )
-
-
-def read_store_attributes(group, url: str) -> dict:
-    meta = group.attrs.get("jacntk")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{url} is a Zarr group but not a jacntk Gram store (its attributes have no "
-            f"'jacntk' entry with format {FORMAT!r})"
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{url} has jacntk store format version {meta.get('format_version')!r}; this "
-            f"jacntk reads version {FORMAT_VERSION}"
-        )
-    required = ("arch", "kind", "jacobian", "n", "d", "tile", "n_tiles", "dtype", "fingerprint")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"{url}: store attributes are corrupt (missing {', '.join(missing)})")
-    return meta
-
-
-@functools.lru_cache(maxsize=8)
-def writable_arrays(location: StoreLocation, store_uuid: str) -> dict:
-    """Zarr arrays of a store opened for writing, cached per worker process."""
-    group = location.open_group("r+")
-    return {name: group[name] for name, _ in group.arrays()}
-
-
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
+from ..arch import MLP
+from ..kernels._compute import compute_tile
+from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
+from ..validation import as_vector
+from ._format import (
+    _MISSING_SHOWN,
+    FULL_FIELDS,
+    STORED_FIELDS,
+    _indices,
+    field_digests,
+    fingerprint,
+    run_concurrently,
+    scan_manifest,
+    upper_tiles,
+)
+from ._location import StoreLocation, read_store_attributes
 
 
 @dataclass
 class GramStore:
     """A Gram matrix (scalar NNGP/NTK, or the Jacobian kernel's fields) kept in a Zarr store.
 
-    Open with :meth:`open`; build with :func:`jacntk.assembly.assemble`.  Queries need no
+    Open with :meth:`open`; build with :func:`jacntk.assemble`.  Queries need no
     cluster; those that touch tiles not yet assembled raise ``ValueError`` naming the tiles.
     """
 
@@ -427,7 +206,7 @@ class GramStore:
         F = self._gather(r, c, fields=jacobian)
         if not jacobian:
             return F
-        from .blocks import augment
+        from ..kernels._blocks import augment
 
         X = self.points
         return augment(F, X[r], X[c])
@@ -493,7 +272,7 @@ class GramStore:
         if v.ndim > 2:
             raise ValueError(f"v must be 1-D or 2-D, got shape {v.shape}")
         self._require(upper_tiles(self.n_tiles))
-        from .operators import symmetric_product  # operators builds on the store's tiles
+        from ..linalg._gram import symmetric_product
 
         V = v.reshape(v.shape[0], -1)
         jac = self.jacobian
@@ -636,199 +415,3 @@ class GramStore:
         claims = bool(self.meta.get("complete"))
         report["ok"] = not report["damaged"] and not (claims and report["missing"])
         return report
-
-
-def scan_manifest(manifest, n_tiles: int) -> np.ndarray:
-    """``done[I, J]``: manifest record of tile (I, J) present (non-zero) and readable."""
-    try:
-        digests = manifest[...]
-        return digests.reshape(n_tiles, n_tiles, -1).any(axis=2)
-    except Exception:  # noqa: BLE001 - a damaged record: fall back to record-by-record reads
-        done = np.zeros((n_tiles, n_tiles), bool)
-        for i, j in upper_tiles(n_tiles):
-            try:
-                done[i, j] = bool(manifest[i, j].any())
-            except Exception:  # noqa: BLE001 - an unreadable record counts as missing
-                done[i, j] = False
-        return done
-
-
-# --------------------------------------------------------------------------------------------
-# Writing (the assembly's I/O edge)
-# --------------------------------------------------------------------------------------------
-
-
-def store_attributes(
-    arch: MLP, X: np.ndarray, *, kind: str, jacobian: bool, tile: int, dtype: str
-) -> dict:
-    """The ``jacntk`` group attributes of a new store for these inputs and settings."""
-    from . import __version__
-
-    n, d = X.shape
-    layout = {
-        "X": "the inputs (n, d) float64",
-        "manifest": (
-            "sha256 per field of tile (I, J), I <= J, in the stored dtype and C order; "
-            "all zeros = tile not assembled"
-        ),
-    }
-    if jacobian:
-        layout.update(
-            {
-                name: f"field {name}: only tiles I <= J written (self-transposed)"
-                for name in STORED_FIELDS
-                if name not in FULL_FIELDS
-            }
-        )
-        layout["K_q"] = "field K_q, all tiles; K_r = K_q^T"
-        layout["K_pq"] = "field K_pq, all tiles; K_pr = K_pq^T"
-    else:
-        layout["K"] = f"the {kind} Gram: only tiles I <= J written; K[j, i] = K[i, j]"
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "jacntk_version": __version__,
-        "arch": arch.to_dict(),
-        "kind": kind,
-        "jacobian": bool(jacobian),
-        "n": int(n),
-        "d": int(d),
-        "tile": int(tile),
-        "n_tiles": math.ceil(n / tile),
-        "dtype": dtype,
-        "fingerprint": fingerprint(X),
-        "fields": list(FIELD_NAMES) if jacobian else ["K"],
-        "uuid": uuid.uuid4().hex,
-        "created": utc_now(),
-        "inputs_written": False,
-        "complete": False,
-        "layout": layout,
-    }
-
-
-def compare_attributes(existing: dict, wanted: dict) -> list[str]:
-    """Human-readable differences that make an existing store unusable for ``wanted``."""
-    out = []
-    for key in ("fingerprint", "arch", "kind", "jacobian", "n", "d", "tile", "dtype"):
-        if existing.get(key) != wanted.get(key):
-            what = "inputs (fingerprint)" if key == "fingerprint" else key
-            out.append(f"{what}: store has {existing.get(key)!r}, asked {wanted.get(key)!r}")
-    return out
-
-
-def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
-    """Create (replacing anything there) the group, its arrays and the inputs.  Returns the
-    group.  The attributes are written first, in the group's own ``zarr.json``."""
-    import zarr
-
-    group = zarr.open_group(
-        store=location.zarr_store(read_only=False),
-        mode="w",
-        zarr_format=3,
-        attributes={"jacntk": attrs},
-    )
-    n, d, tile, nt = attrs["n"], attrs["d"], attrs["tile"], attrs["n_tiles"]
-    names = STORED_FIELDS if attrs["jacobian"] else ("K",)
-    for name in names:
-        group.create_array(
-            name,
-            shape=(n, n),
-            chunks=(tile, tile),
-            dtype=attrs["dtype"],
-            fill_value=np.nan,
-            compressors=None,  # kernel values do not compress (zstd saves ~6%, costs CPU)
-            dimension_names=("i", "j"),
-            attributes={"description": attrs["layout"][name]},
-        )
-    group.create_array(
-        "manifest",
-        shape=(nt, nt, len(attrs["fields"]), 32),
-        chunks=(1, 1, len(attrs["fields"]), 32),
-        dtype="uint8",
-        fill_value=0,
-        compressors=None,
-        dimension_names=("I", "J", "field", "sha256"),
-        attributes={"description": attrs["layout"]["manifest"], "fields": attrs["fields"]},
-    )
-    group.create_array(
-        "X",
-        shape=(n, d),
-        chunks=(tile, d),
-        dtype="float64",
-        fill_value=np.nan,
-        dimension_names=("i", "feature"),
-        attributes={"description": attrs["layout"]["X"]},
-    )
-    write_inputs(group, X)
-    return group
-
-
-def write_inputs(group, X: np.ndarray) -> None:
-    """Write X, then mark it written in the attributes."""
-    group["X"][...] = X
-    meta = dict(group.attrs["jacntk"])
-    meta["inputs_written"] = True
-    group.attrs["jacntk"] = meta
-
-
-def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values, meta) -> int:
-    """Write tile ``(i, j)``, ``i <= j`` (float64 ``(ti, tj)`` or ``(8, ti, tj)``) into the
-    chunks it owns, then its manifest record.  Returns the bytes written (uncompressed)."""
-    arrays = writable_arrays(location, store_uuid)
-    tile, n = meta["tile"], meta["n"]
-    ri = slice(i * tile, min(n, (i + 1) * tile))
-    rj = slice(j * tile, min(n, (j + 1) * tile))
-    v = np.array(values, dtype=meta["dtype"])
-    if v.ndim == 2:
-        writes = [("K", (ri, rj), v)]
-    else:
-        index = FIELD_NAMES.index
-        if i == j:
-            # A diagonal tile stores K_q and K_pq only; K_r and K_pr are read back as their
-            # transposes (equal up to rounding on the diagonal), so record exactly that.
-            v[index("K_r")], v[index("K_pr")] = v[index("K_q")].T, v[index("K_pq")].T
-        writes = [(name, (ri, rj), v[index(name)]) for name in STORED_FIELDS]
-        if i != j:
-            writes += [("K_q", (rj, ri), v[index("K_r")].T), ("K_pq", (rj, ri), v[index("K_pr")].T)]
-    with ThreadPoolExecutor(1) as pool:  # hashing (releases the GIL) overlaps the writes
-        digests = pool.submit(field_digests, v)
-        run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x in writes])
-        arrays["manifest"][i, j] = digests.result()  # last: the tile is done
-    return int(v.nbytes)
-
-
-def mark_complete(location: StoreLocation) -> None:
-    """Set ``complete`` in the attributes and consolidate the metadata (one writer: the
-    assembling client, after every tile is recorded).
-
-    With every tile recorded no chunk is being written, so on a local disk any ``*.partial``
-    file left is the temporary file of a write whose worker was killed (zarr's ``LocalStore``
-    writes a temporary file and renames it); those orphans are removed here.
-    """
-    import warnings
-    from pathlib import Path
-
-    import zarr
-
-    if "://" not in location.url:
-        for orphan in Path(location.url).rglob("*.partial"):
-            orphan.unlink(missing_ok=True)
-    group = location.open_group("r+")
-    meta = dict(group.attrs["jacntk"])
-    meta["complete"] = True
-    meta["completed"] = utc_now()
-    group.attrs["jacntk"] = meta
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(location.zarr_store(read_only=False))
-
-
-__all__ = [
-    "DEFAULT_TILE",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "GramStore",
-    "StoreLocation",
-    "field_digests",
-    "fingerprint",
-]

@@ -12,16 +12,11 @@ import os
 
 import numpy as np
 
-from .arch import MLP
-from .dynamics import (
-    _check_targets,
-    cross_product,
-    is_store,
-    solve_coefficients,
-    training_residual,
-    training_system,
-)
-from .validation import as_points
+from ..arch import MLP
+from ..validation import as_points
+from ._coefficients import solve_coefficients
+from ._predict import cross_product
+from ._system import _check_targets, is_store, training_residual, training_system
 
 
 class KernelRegressor:
@@ -150,8 +145,9 @@ class KernelRegressor:
     def _training_input(self, X: np.ndarray):
         if self.store is None:
             return X
-        from .assembly import assemble
-        from .store import GramStore, fingerprint
+        from ..store._assembly import assemble
+        from ..store._format import fingerprint
+        from ..store._reader import GramStore
 
         jac = self.jacobian_reg > 0
         if is_store(self.store):

@@ -18,7 +18,8 @@ Implementations
     scattered once per product;
 ``StructuredGram``
     matrix-free: the kernel fields of each tile are recomputed on the fly with
-    :func:`jacntk.fields.compute_tile` (one quadrature ``Plan`` for all tiles) and multiplied with
+    :func:`jacntk.kernels._compute.compute_tile` (one quadrature ``Plan`` for all tiles) and
+    multiplied with
     :func:`jacntk.structured_matmul`, ``O(tile^2 + N d)`` memory;
 ``ScaledGram``
     the symmetric training matrix ``B = D^{1/2} Theta D^{1/2} + jitter I`` with
@@ -28,7 +29,7 @@ Implementations
 
 Besides the product, an operator can describe its diagonal blocks (``diagonal_blocks``), and the
 full-augmentation operators their diagonal *fields* (``diagonal_fields``), from which the
-block-Jacobi preconditioner of :mod:`jacntk.solvers` inverts each block in O(d) (math.md §5.3).
+block-Jacobi preconditioner of :mod:`jacntk.linalg` inverts each block in O(d) (math.md §5.3).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ import numpy as np
 from numba import njit, prange
 from scipy.sparse.linalg import LinearOperator
 
-from .arch import MLP
-from .blocks import augment, projected_kernel, structured_matmul
-from .fields import compute_tile, make_plan, transpose_fields
-from .validation import as_pair, as_points
+from ..arch import MLP
+from ..kernels._blocks import augment, projected_kernel, structured_matmul
+from ..kernels._compute import compute_tile
+from ..kernels._fields import make_plan, transpose_fields
+from ..validation import as_points
 
 
 def _tiles(n: int, tile: int) -> list[slice]:
@@ -364,277 +366,4 @@ class StructuredGram(GramOperator):
                     out[i] = projected_kernel(F, x, x, U, U)
                 else:
                     out[i] = augment(F, x)
-        return out
-
-
-def available_memory_mib() -> float:
-    """Memory available to new allocations, in MiB (``MemAvailable`` of ``/proc/meminfo``,
-    which counts reclaimable page cache; 1024 where that cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 1024.0
-
-
-def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
-    """Tile-row ``i`` of a stored Gram times ``V``: ``sum_J tile(i, J) V_J`` (reads row i only)."""
-    X = np.asarray(store.points) if store.jacobian and not values_only else None
-    b = store.d + 1 if store.jacobian and not values_only else 1
-    si = store.tile_slice(i)
-    out = None
-    for j in range(store.n_tiles):
-        sj = store.tile_slice(j)
-        data = np.asarray(store.tile_block(i, j), dtype=np.float64)
-        if values_only and data.ndim == 3:
-            data = data[0]
-        part = tile_product(
-            data,
-            None if X is None else X[si],
-            None if X is None else X[sj],
-            V[sj.start * b : sj.stop * b],
-        )
-        out = part if out is None else out + part
-    return out
-
-
-class StoredGram(GramOperator):
-    """A Gram matrix held in a :class:`jacntk.store.GramStore`, read tile by tile.
-
-    Parameters
-    ----------
-    store : GramStore
-        Must be complete (every tile written).
-    client : distributed.Client, optional
-        Run each product as one task per tile-row on the workers, each reading its own tiles
-        from the store (a handle scattered once); the vector is scattered (broadcast) once per
-        product.
-        Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
-    values_only : bool
-        For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
-    cache_mb : float, optional
-        Without a client: if the stored upper tiles (scalar tiles in the stored dtype, fields
-        as float64) take at most this many MiB, they are read once, on the first product, and
-        kept in memory; larger Grams are streamed from the store on every product.  Default:
-        half of the memory available now (``MemAvailable``), so a Gram that fits is read once.
-
-    Notes
-    -----
-    A scalar store gives block 1, a Jacobian store block d+1 (point-major), the product of each
-    field tile through :func:`jacntk.structured_matmul`.
-    """
-
-    def __init__(
-        self, store, *, client=None, values_only: bool = False, cache_mb: float | None = None
-    ):
-        if not store.complete:
-            missing = store.missing_tiles()
-            raise ValueError(
-                f"the Gram store {store.location.url} is incomplete: {len(missing)} tiles are "
-                f"missing (first {missing[:3]}); finish the assembly (jacntk.assemble) first"
-            )
-        self.store = store
-        self.client = client
-        self._remote_store = None
-        if client is not None:
-            # a fresh handle (no cached points) is scattered once; each worker loads X lazily
-            fresh = type(store).open(store.location)
-            [self._remote_store] = client.scatter([fresh], broadcast=True, hash=False)
-        self.values_only = bool(values_only) or not store.jacobian
-        self.points = np.asarray(store.points) if store.jacobian else None
-        self.arch, self.kind = store.arch, store.kind
-        block = 1 if self.values_only else store.d + 1
-        super().__init__(store.n, block)
-        # scalar tiles are kept in the stored precision (a float32 store: half the memory)
-        per_entry = np.dtype(store.dtype).itemsize if not store.jacobian else 8
-        per_entry *= 1 if self.values_only else 8
-        self._cache = None
-        if cache_mb is None:
-            cache_mb = available_memory_mib() / 2
-        self.cached = client is None and store.n * (store.n + store.tile) / 2 * per_entry <= (
-            cache_mb * 2**20
-        )
-
-    def _upper_tiles(self):
-        """Upper tiles ``(i, j, data)``, read once into memory (scalar tiles in the stored
-        dtype, fields as float64)."""
-        if self._cache is None:
-            n_t = self.store.n_tiles
-            cache = []
-            for i in range(n_t):
-                for j in range(i, n_t):
-                    if not self.store.jacobian:
-                        data = self.store.upper_tile(i, j)
-                    else:
-                        data = np.asarray(self.store.tile_block(i, j), dtype=np.float64)
-                        data = data[0] if self.values_only else data
-                    cache.append((i, j, data))
-            self._cache = cache
-        return self._cache
-
-    def _matmat(self, V):
-        V = _as_columns(V, self.shape[0])
-        if self.cached:
-            slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
-            points = None if self.values_only else self.points
-            return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
-        if self.client is None and not (self.values_only and self.store.jacobian):
-            return self.store.matvec(V)  # each upper tile read once, used twice
-        if self.client is None:
-            parts = [
-                _stored_row_product(self.store, i, V, self.values_only)
-                for i in range(self.store.n_tiles)
-            ]
-        else:
-            [fut] = self.client.scatter([V], broadcast=True, hash=False)
-            futures = [
-                self.client.submit(
-                    _stored_row_product, self._remote_store, i, fut, self.values_only, pure=False
-                )
-                for i in range(self.store.n_tiles)
-            ]
-            parts = self.client.gather(futures)
-            del fut
-        return np.concatenate(parts, axis=0)
-
-    def diagonal_fields(self):
-        if self.values_only:
-            return None
-        F = np.empty((8, self.n_points))
-        for i in range(self.store.n_tiles):
-            si = self.store.tile_slice(i)
-            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
-            idx = np.arange(si.stop - si.start)
-            F[:, si] = data[:, idx, idx]
-        return F, self.points
-
-    def diagonal_blocks(self) -> np.ndarray:
-        out = np.empty((self.n_points, self.block, self.block))
-        for i in range(self.store.n_tiles):
-            si = self.store.tile_slice(i)
-            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
-            idx = np.arange(si.stop - si.start)
-            if data.ndim == 3 and self.values_only:
-                data = data[0]
-            if data.ndim == 2:
-                out[si, 0, 0] = data[idx, idx]
-            else:
-                for k in idx:
-                    x = self.points[si.start + k : si.start + k + 1]
-                    out[si.start + k] = augment(data[:, k : k + 1, k : k + 1], x)
-        return out
-
-
-def scaling_vector(n_points: int, block: int, lam: float) -> np.ndarray:
-    """Diagonal of ``D^{1/2}`` for ``n_points`` blocks: ``(1, sqrt(lam), ..., sqrt(lam))``."""
-    s = np.full(block, np.sqrt(lam))
-    s[0] = 1.0
-    return np.tile(s, n_points)
-
-
-class ScaledGram(GramOperator):
-    """``B = D^{1/2} A D^{1/2} + jitter I`` with ``D = I_N (x) diag(1, lam, ..., lam)``.
-
-    This is the symmetric form of the Jacobian-regularised training ODE (math.md §4.4):
-    ``Theta D`` is similar to ``B``.  For ``block == 1`` (scalar Gram) ``D = I``.
-
-    Parameters
-    ----------
-    base : GramOperator
-    lam : float
-        Jacobian regularisation ``lam >= 0``.
-    jitter : float
-        Explicit ridge ``epsilon >= 0`` (reported by every solve, math.md §4.5).
-    """
-
-    def __init__(self, base: GramOperator, lam: float = 1.0, jitter: float = 0.0):
-        for name, value in (("lam", lam), ("jitter", jitter)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        super().__init__(base.n_points, base.block)
-        self.base, self.lam, self.jitter = base, float(lam), float(jitter)
-        self.scale = scaling_vector(base.n_points, base.block, self.lam)
-
-    def _matmat(self, V):
-        V = _as_columns(V, self.shape[0])
-        out = self.scale[:, None] * self.base.matmat(self.scale[:, None] * V)
-        if self.jitter:
-            out += self.jitter * V
-        return out
-
-    def diagonal_blocks(self) -> np.ndarray:
-        s = self.scale[: self.block]
-        out = self.base.diagonal_blocks() * s[None, :, None] * s[None, None, :]
-        out[:, np.arange(self.block), np.arange(self.block)] += self.jitter
-        return out
-
-    def diagonal_fields(self):
-        return self.base.diagonal_fields()
-
-
-class CrossGram(LinearOperator):
-    """Rectangular ``Theta(X_test, X_train)`` as an operator, tiled and matrix-free.
-
-    Rows: ``n_test * (d+1)`` (value and gradient per test point) if ``gradients`` else
-    ``n_test``.  Columns: ``n_train * b`` with ``b = 1`` (values only) or ``d + 1``
-    (``jacobian_columns``).  A values-only product with values-only columns uses the scalar
-    kernel; anything else the eight fields and :func:`jacntk.structured_matmul` (value columns
-    are padded with zero gradient parts).
-    """
-
-    def __init__(
-        self,
-        arch: MLP,
-        X_test,
-        X_train,
-        *,
-        kind: str = "ntk",
-        gradients: bool = True,
-        jacobian_columns: bool = False,
-        tile: int = 1024,
-    ):
-        A, B, _ = as_pair(X_test, X_train, ("X_test", "X_train"))
-        self.arch, self.kind, self.X_test, self.X_train = arch, kind, A, B
-        self.d = A.shape[1]
-        self.gradients, self.jacobian_columns = bool(gradients), bool(jacobian_columns)
-        self.fields = self.gradients or self.jacobian_columns
-        self.plan = make_plan(arch, kind, self.fields)
-        self.rows_per = self.d + 1 if self.gradients else 1
-        self.cols_per = self.d + 1 if self.jacobian_columns else 1
-        self.test_tiles, self.train_tiles = _tiles(A.shape[0], tile), _tiles(B.shape[0], tile)
-        super().__init__(
-            np.dtype(np.float64),
-            (A.shape[0] * self.rows_per, B.shape[0] * self.cols_per),
-        )
-
-    def _matvec(self, v):
-        return self._matmat(np.asarray(v, dtype=np.float64).reshape(-1, 1))[:, 0]
-
-    def _matmat(self, V):
-        V = _as_columns(V, self.shape[1])
-        d1 = self.d + 1
-        out = np.zeros((self.shape[0], V.shape[1]))
-        for si in self.test_tiles:
-            A = self.X_test[si]
-            acc = np.zeros(((si.stop - si.start) * (d1 if self.fields else 1), V.shape[1]))
-            for sj in self.train_tiles:
-                B = self.X_train[sj]
-                Vj = V[sj.start * self.cols_per : sj.stop * self.cols_per]
-                data = compute_tile(
-                    self.arch, A, B, kind=self.kind, jacobian=self.fields, plan=self.plan
-                )
-                if not self.fields:
-                    acc += data @ Vj
-                    continue
-                if not self.jacobian_columns:
-                    padded = np.zeros((B.shape[0], d1, V.shape[1]))
-                    padded[:, 0] = Vj
-                    Vj = padded.reshape(B.shape[0] * d1, -1)
-                acc += structured_matmul(data, A, B, Vj)
-            if not self.gradients and self.fields:
-                acc = acc.reshape(-1, d1, V.shape[1])[:, 0]
-            out[si.start * self.rows_per : si.stop * self.rows_per] = acc
         return out

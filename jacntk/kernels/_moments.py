@@ -2,7 +2,8 @@
 
 ``F^{ij}(c, a, b) = E[phi^(i)(u) phi^(j)(u')]`` with ``(u, u') ~ N(0, [[a, c], [c, b]])``.
 Price's theorem gives ``d/dc F^{ij} = F^{i+1,j+1}``, ``d/da F^{ij} = F^{i+2,j} / 2`` and
-``d/db F^{ij} = F^{i,j+2} / 2``; the layer recursion in :mod:`jacntk.fields` uses the ten moments
+``d/db F^{ij} = F^{i,j+2} / 2``; the layer recursion in :mod:`jacntk.kernels._fields` uses the ten
+moments
 
     F00, F11, F20, F02, F22, F31, F13, F33, F42, F24     (indices 0..9 of the array ``F``).
 

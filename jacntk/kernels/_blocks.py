@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fields import KernelFields
-from .validation import as_pair
+from ..validation import as_pair
+from ._fields import KernelFields
 
 
 def _field_arrays(fields: KernelFields | np.ndarray) -> np.ndarray:
@@ -47,7 +47,8 @@ def augment(fields: KernelFields | np.ndarray, X1, X2=None) -> np.ndarray:
     -------
     (n1*(d+1), n2*(d+1)) float64, point-major.  Cost O(n1 n2 d^2) writes (a Numba pass, memory
     bound): use only where a dense matrix is wanted; every product goes through
-    ``structured_matmul``.  :func:`jacntk.reference.reference_augment` is the same formula in
+    ``structured_matmul``.  :func:`jacntk.kernels._reference.reference_augment` is the same formula
+    in
     NumPy.
     """
     data = np.ascontiguousarray(_field_arrays(fields), dtype=np.float64)
