@@ -20,3 +20,11 @@ def client():
         Client(cluster) as c,
     ):
         yield c
+
+
+def pytest_collection_modifyitems(config, items):
+    """Cluster and notebook tests are slow by definition: ``-m "not slow"`` (the fast loop in
+    the README) leaves them out along with the individually marked slow tests."""
+    for item in items:
+        if item.get_closest_marker("cluster") or item.get_closest_marker("notebooks"):
+            item.add_marker(pytest.mark.slow)

@@ -55,7 +55,7 @@ def _why_no_netns() -> str | None:
 
 
 _REASON = _why_no_netns()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 
 def _netns_exec(ns: str) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 SCRIPTS = sorted(CLUSTER.rglob("*.sh")) + sorted(CLUSTER.rglob("*.sbatch"))
 
+pytestmark = pytest.mark.cluster
+
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
 

@@ -60,7 +60,10 @@ def _why_no_slurm() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_no_slurm() is not None, reason=str(_why_no_slurm()))
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(_why_no_slurm() is not None, reason=str(_why_no_slurm())),
+]
 
 
 def _free_port() -> int:

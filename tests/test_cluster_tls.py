@@ -20,6 +20,7 @@ from test_cluster_scripts import (
 )
 
 pytestmark = [
+    pytest.mark.cluster,
     pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed"),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),
 ]

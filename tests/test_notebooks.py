@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.notebooks
+
 nbformat = pytest.importorskip("nbformat", reason="nbformat is needed to read the notebooks")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is needed to execute the notebooks")
 pytest.importorskip("ipykernel", reason="ipykernel provides the notebooks' python3 kernel")

@@ -147,9 +147,10 @@ def cg(
         P[:, cols] = Zc + beta * P[:, cols]
         rz[cols] = rz_new
     true_res = np.linalg.norm(Bm - A.matmat(X), axis=0) / bnorm_safe
-    converged = true_res <= max(tol, 10 * tol)
-    converged &= res <= tol
-    if not converged.all() and not any("maxiter" in m for m in messages) and it >= maxiter:
+    # The recurrence residual decides convergence; the true residual may drift above it by
+    # rounding, and a column whose true residual is off by more than 10x has not converged.
+    converged = (res <= tol) & (true_res <= 10 * tol)
+    if not converged.all() and it >= maxiter:
         messages.append(f"reached maxiter={maxiter}")
     result = SolveResult(
         X[:, 0] if vector else X,
