@@ -200,7 +200,8 @@ def main(argv=None) -> None:
                 f"{r['err']:.1e}",
             ]
         )
-    body += "Structured product (math.md §5.4) vs materialising the dense augmented matrix:\n\n"
+    body += "Structured product (docs/math.md §6.1) vs materialising the dense augmented "
+    body += "matrix:\n\n"
     body += table(
         ["d", "N", "N(d+1)", "structured ms", "dense (form + matvec) ms", "ratio", "max rel. diff"],
         prod_rows,

@@ -22,8 +22,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, expm_multiply
 
 import jacntk
-from jacntk.cli.solve import one_hot
-from jacntk.data import fashion_mnist
+from jacntk.data import fashion_mnist, one_hot
 from jacntk.linalg import (
     DenseGram,
     ScaledGram,
@@ -33,9 +32,12 @@ from jacntk.linalg import (
     lanczos_expm,
     nystrom,
 )
-from jacntk.training import solve_coefficients, training_system
-from jacntk.training._predict import cross_product
-from jacntk.training._system import training_residual
+from jacntk.training import (
+    cross_product,
+    solve_coefficients,
+    training_residual,
+    training_system,
+)
 
 try:
     from benchmarks.results import peak_rss_mib, table, write_section

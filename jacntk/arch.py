@@ -1,23 +1,19 @@
-"""Static description of the network: the MLP of math.md §0.1 / §1.1."""
+"""Static description of the network: the MLP of docs/math.md §1.1 / §2.1."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-#: Activations with closed-form Gaussian moments (math.md §5.7, §5.9).
-CLOSED_FORM = ("erf", "relu")
-#: Smooth activations evaluated by Gauss–Hermite quadrature with derivative tables (§5.7).
-QUADRATURE = ("gelu", "tanh", "softplus", "silu")
-ACTIVATIONS = CLOSED_FORM + QUADRATURE
+__all__ = ["ACTIVATIONS", "CLOSED_FORM", "KINDS", "MLP", "QUADRATURE", "check_kind"]
 
-#: Kernel kinds.  ``"ntk_truncated"`` is the ReLU JNTK with phi'' := 0 (math.md §0.5, §5.9).
+#: Kernel kinds.  ``"ntk_truncated"`` is the ReLU JNTK with phi'' := 0 (docs/math.md §1.5, §7).
 KINDS = ("nngp", "ntk", "ntk_truncated")
 
 
 @dataclass(frozen=True)
 class MLP:
-    """A deep fully connected network in NTK parametrisation (math.md §0.1).
+    """A deep fully connected network in NTK parametrisation (docs/math.md §1.1).
 
     ``h1 = sigma_w W1 x / sqrt(d) + sigma_b b1``,
     ``h(l+1) = sigma_w W phi(h l) / sqrt(n) + sigma_b b``, ``f = kappa h(L+1)``,
@@ -29,7 +25,8 @@ class MLP:
         Number of hidden layers ``L >= 1`` (the readout is linear).
     activation : str
         One of ``ACTIVATIONS``: ``"erf"``, ``"relu"`` (closed forms), ``"gelu"`` (exact,
-        ``u * Phi(u)``), ``"tanh"``, ``"softplus"``, ``"silu"`` (quadrature).
+        ``u * Phi(u)``), ``"tanh"``, ``"softplus"``, ``"silu"`` (quadrature); the registry
+        :mod:`jacntk.kernels._activations` says which is which (docs/activations.md).
     sigma_w, sigma_b : float
         Weight and bias scales (``sigma_w > 0``, ``sigma_b >= 0``).
     kappa : float
@@ -45,10 +42,7 @@ class MLP:
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
-            )
+        get_activation(self.activation)
         for name in ("sigma_w", "sigma_b", "kappa"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -72,20 +66,32 @@ class MLP:
 
 
 def check_kind(arch: MLP, kind: str, jacobian: bool) -> None:
-    """Validate a kernel kind for an architecture (math.md §0.2, §0.5).
+    """Validate a kernel kind for an architecture (docs/math.md §1.2, §1.5).
 
     Raises
     ------
     ValueError
-        For an unknown kind, or the true ReLU JNTK (infinite diagonal blocks, §5.9).
+        For an unknown kind, or the true JNTK of a non-smooth activation (ReLU: infinite
+        diagonal blocks, docs/math.md §7).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; valid: {', '.join(KINDS)}")
-    if kind == "ntk" and jacobian and arch.activation == "relu":
+    if kind == "ntk" and jacobian and not get_activation(arch.activation).smooth:
         raise ValueError(
             "the Jacobian NTK of a ReLU network does not exist: its diagonal blocks are "
             "infinite, because d/dp of the NTK's Sigma-dot = (pi - theta)/(2 pi) diverges like "
-            "1/sin(theta) as x' -> x (math.md §5.9). Use kind='ntk_truncated' for the kernel "
+            "1/sin(theta) as x' -> x (docs/math.md §7). Use kind='ntk_truncated' for the kernel "
             "that finite ReLU networks trained by autodiff follow (phi'' := 0), or a smooth "
             "activation such as 'gelu' or 'erf'."
         )
+
+
+# The registry is imported last: importing it runs jacntk/kernels/__init__.py, whose modules
+# import MLP and check_kind from here (defined above; they read the registry only when run).
+# ACTIVATIONS (public as jacntk.ACTIVATIONS), CLOSED_FORM and QUADRATURE are re-exported.
+from .kernels._activations import (  # noqa: E402
+    ACTIVATIONS,
+    CLOSED_FORM,
+    QUADRATURE,
+    get_activation,
+)

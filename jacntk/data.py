@@ -1,4 +1,5 @@
-"""Data loading: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` and user arrays.
+"""Data loading: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` and user arrays, and
+centred one-hot targets for classification (``one_hot``).
 
 ``load_points(spec)`` is what every CLI command calls for its DATA argument: a ``.npy`` file,
 an ``.npz`` file (array ``X``, or its only array), a Zarr array (path or URL), or a named
@@ -87,6 +88,38 @@ def fashion_mnist(split: str = "train", n: int | None = None, *, directory=None)
             raise ValueError(f"n must be positive, got {n}")
         X, y = X[:n], y[:n]
     return X.reshape(X.shape[0], -1).astype(np.float64) / 255.0, y
+
+
+def one_hot(labels, n_classes: int | None = None) -> np.ndarray:
+    """Centred one-hot regression targets ``e_y - 1/K`` (n, K) from integer class labels.
+
+    Parameters
+    ----------
+    labels : (n,) non-negative integers
+    n_classes : int, optional
+        ``K``; default ``max(labels) + 1``.
+
+    Returns
+    -------
+    (n, K) float64 whose rows sum to zero: ``1 - 1/K`` at the label, ``-1/K`` elsewhere.
+    """
+    labels = np.asarray(labels)
+    if (
+        labels.ndim != 1
+        or labels.size == 0
+        or not np.issubdtype(labels.dtype, np.integer)
+        or labels.min() < 0
+    ):
+        raise ValueError(
+            "labels must be a non-empty 1-D array of non-negative integer class labels, got "
+            f"dtype {labels.dtype} and shape {labels.shape}"
+        )
+    k = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if k <= int(labels.max()):
+        raise ValueError(f"n_classes={n_classes} but the labels go up to {int(labels.max())}")
+    Y = np.full((labels.size, k), -1.0 / k)
+    Y[np.arange(labels.size), labels] += 1.0
+    return Y
 
 
 def load_points(spec: str, name: str = "DATA") -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Signal propagation with depth: Edge of Chaos and the large-depth NTK (math.md §6).
+"""Signal propagation with depth: Edge of Chaos and the large-depth NTK (docs/math.md §9).
 
-For the MLP of math.md §0.1 (NTK parametrisation, ``omega = sigma_w^2``) a single input's
+For the MLP of docs/math.md §1.1 (NTK parametrisation, ``omega = sigma_w^2``) a single input's
 pre-activation variance follows the *variance map*
 
     q_{l+1} = sigma_b^2 + omega V(q_l),          V(q) = E[phi(sqrt(q) z)^2],  z ~ N(0, 1),
@@ -22,10 +22,10 @@ for ReLU the single point ``(sigma_w^2, sigma_b) = (2, 0)``.
 
 Every Gaussian expectation here is a moment ``F^{ij}(c, a, b)`` of :mod:`jacntk.kernels._moments`
 (closed
-forms for erf and ReLU, Gauss–Hermite for the rest); the kernels themselves come from
+forms for erf and ReLU, the trapezoid rule for the rest); the kernels themselves come from
 :func:`jacntk.kernel`, never from a second implementation.
 
-Large depth [D] (math.md §6.2): with ``depth = L`` hidden layers the NTK is a sum of ``L + 1``
+Large depth [D] (docs/math.md §9.2): with ``depth = L`` hidden layers the NTK is a sum of ``L + 1``
 layer terms, so on the EOC ``Theta(x, x) / (L + 1) -> q*`` and the normalised off-diagonal
 ``Theta(x, x') / sqrt(Theta(x, x) Theta(x', x'))`` tends to ``1/3`` for smooth activations and
 ``1/4`` for ReLU, at a rate ~ ``1/L``.  Derivation: near ``c = 1`` on the EOC,
@@ -43,9 +43,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .arch import ACTIVATIONS, MLP
+from .arch import MLP
+from .kernels._activations import get_activation
 from .kernels._compute import kernel
-from .kernels._moments import ACT_CODES, N_MOMENTS, SCALAR, gaussian_moments, quadrature_step
+from .kernels._moments import N_MOMENTS, SCALAR, gaussian_moments, quadrature_step
 from .validation import as_points
 
 #: Relative tolerance on ``|chi - 1|`` under which :func:`phase` reports the Edge of Chaos.
@@ -56,9 +57,8 @@ MAX_VARIANCE = 1e6
 
 
 def _check_activation(activation: str) -> int:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
-    return ACT_CODES[activation]
+    """The registry's dispatch code of ``activation`` (``ValueError`` for an unknown name)."""
+    return get_activation(activation).code
 
 
 def _check_scales(sigma_w: float, sigma_b: float) -> tuple[float, float]:
@@ -337,4 +337,5 @@ def ntk_correlation_limit(activation: str, sigma_w: float = 1.0, sigma_b: float 
         return 0.0
     if fixed_point(activation, sigma_w, sigma_b) == 0.0:
         return float("nan")
-    return 0.25 if activation == "relu" else 1.0 / 3.0
+    # 1/3 needs F''(1) finite (a smooth activation); the registry's only non-smooth one is ReLU.
+    return 1.0 / 3.0 if get_activation(activation).smooth else 0.25

@@ -1,13 +1,12 @@
 """Connecting to Dask: an existing scheduler (address or file, optionally TLS) or an embedded
 ``LocalCluster`` that is started and closed for the user.
 
-Every computing entry point takes ``client=`` (a ``distributed.Client``) in Python, and the CLI
-options added by ``add_cluster_arguments``.
+Every computing entry point takes ``client=`` (a ``distributed.Client``) in Python; the CLI's
+scheduler/TLS arguments (``jacntk.cli._arguments``) build a :class:`ClusterOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from collections.abc import Iterator
@@ -47,37 +46,6 @@ class ClusterOptions:
             tls_client_key=self.tls_key,
             require_encryption=True,
         )
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """The scheduler/TLS options shared by every CLI command that computes."""
-    group = parser.add_argument_group("cluster")
-    where = group.add_mutually_exclusive_group()
-    where.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="address of a running Dask scheduler (tcp://host:port or tls://...)",
-    )
-    where.add_argument(
-        "--scheduler-file",
-        metavar="FILE",
-        help="scheduler file written by 'dask scheduler --scheduler-file'",
-    )
-    group.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes of the embedded local cluster (default: cores/2)",
-    )
-    group.add_argument("--tls-ca", metavar="PEM", help="CA certificate (TLS)")
-    group.add_argument("--tls-cert", metavar="PEM", help="client certificate (TLS)")
-    group.add_argument("--tls-key", metavar="PEM", help="client private key (TLS)")
-
-
-def options_from_args(args: argparse.Namespace) -> ClusterOptions:
-    return ClusterOptions(
-        args.scheduler, args.scheduler_file, args.workers, args.tls_ca, args.tls_cert, args.tls_key
-    )
 
 
 def local_layout(workers: int | None = None, cores: int | None = None) -> tuple[int, int]:

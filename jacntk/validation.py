@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -54,3 +56,28 @@ def as_vector(v, n: int, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or inf")
     return arr
+
+
+def check_targets(y, n: int, name: str = "y_train") -> np.ndarray:
+    """Return the targets ``y`` as a finite float64 array of shape (n,) or (n, k), or raise
+    ValueError naming the expected shape or the first row holding NaN/inf."""
+    arr = np.asarray(y, dtype=np.float64)
+    if arr.ndim not in (1, 2) or arr.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape ({n},) or ({n}, k) to match {n} training points, "
+            f"got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad})")
+    return arr
+
+
+def check_nonnegative(value, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0 (not a bool), else raise
+    ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

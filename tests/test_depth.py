@@ -1,4 +1,4 @@
-"""Edge of Chaos and the large-depth NTK (jacntk.depth, math.md §6)."""
+"""Edge of Chaos and the large-depth NTK (jacntk.depth, docs/math.md §9)."""
 
 import math
 
@@ -10,7 +10,7 @@ from jacntk import depth as D
 
 
 def _erf_eoc(q):
-    """Closed form of math.md §6.1 (derived independently of the moments module)."""
+    """Closed form of docs/math.md §9.1 (derived independently of the moments module)."""
     omega = math.pi / 4 * math.sqrt(1 + 4 * q)
     sb2 = q - omega * 2 / math.pi * math.asin(2 * q / (1 + 2 * q))
     return omega, sb2
@@ -25,7 +25,7 @@ def test_erf_eoc_point_matches_closed_form(q):
 
 
 def test_erf_eoc_reference_numbers_of_math_md():
-    # math.md §6.1: q* = 0.1 -> (0.929, 0.00094); 1 -> (1.756, 0.184); 5 -> (3.599, 2.385).
+    # docs/math.md §9.1: q* = 0.1 -> (0.929, 0.00094); 1 -> (1.756, 0.184); 5 -> (3.599, 2.385).
     curve = D.eoc_curve("erf", [0.1, 1.0, 5.0])
     np.testing.assert_allclose(curve.sigma_w**2, [0.929, 1.756, 3.599], atol=6e-4)
     np.testing.assert_allclose(curve.sigma_b**2, [0.00094, 0.184, 2.385], atol=6e-4)
@@ -66,7 +66,7 @@ def test_gelu_eoc_fixed_point_is_unstable_from_above():
 
 
 def test_erf_unit_weights_are_slightly_chaotic():
-    # math.md §6.1: sigma_w = 1, sigma_b = 0 gives q* = 0.142 and chi = 1.017.
+    # docs/math.md §9.1: sigma_w = 1, sigma_b = 0 gives q* = 0.142 and chi = 1.017.
     assert D.fixed_point("erf", 1.0, 0.0) == pytest.approx(0.142, abs=1e-3)
     assert D.chi("erf", 1.0, 0.0) == pytest.approx(1.017, abs=1e-3)
     assert D.phase("erf", 1.0, 0.0) == "chaotic"

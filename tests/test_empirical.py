@@ -1,4 +1,4 @@
-"""Finite networks as ground truth (jacntk.finite; math.md §4.1, §5.9, §5.11, §7).
+"""Finite networks as ground truth (jacntk.finite; docs/math.md §3.3, §7, §10.5, §10.3).
 
 Exact checks (finite differences, small widths) validate the finite-network machinery itself;
 Monte-Carlo checks over wide networks (width 2048, standard error < 1 % of the kernel's scale)
@@ -28,7 +28,7 @@ WIDTH = 2048
 
 
 def _sphere_points(n: int, d: int, seed: int) -> np.ndarray:
-    """``n`` random points with ``|x|^2 = d`` (standardised inputs, as in math.md §5.11)."""
+    """``n`` random points with ``|x|^2 = d`` (standardised inputs, as in docs/math.md §10.5)."""
     X = np.random.default_rng(seed).standard_normal((n, d))
     return X * math.sqrt(d) / np.linalg.norm(X, axis=1, keepdims=True)
 
@@ -189,7 +189,8 @@ def test_loss_gradient_matches_finite_differences_of_the_loss():
 
 
 def test_gradient_descent_follows_the_empirical_kernel_for_one_small_step():
-    # One GD step changes F by -(eta/N) Theta_hat D (F - Y) to first order in eta (math.md §4.4).
+    # One GD step changes F by -(eta/N) Theta_hat D (F - Y) to first order in eta
+    # (docs/math.md §8.2).
     arch = MLP(2, "erf", sigma_b=0.1)
     rng = np.random.default_rng(12)
     X, y = rng.standard_normal((3, 2)), rng.standard_normal(3)
@@ -268,7 +269,7 @@ def test_relu_empirical_jntk_is_the_truncated_kernel_not_the_derivative_of_the_n
     fd_nngp, off = _fd_jacobian_blocks(arch, X, "nngp")
     z_nngp = np.abs(mc["nngp"].zscores(fd_nngp)[off])
     assert z_nngp.max() <= _bonferroni_z(z_nngp.size)
-    # ... but the finite ReLU nets' JNTK is NOT d/dx d/dx' of the NTK (math.md §5.9).
+    # ... but the finite ReLU nets' JNTK is NOT d/dx d/dx' of the NTK (docs/math.md §7).
     fd_ntk, off = _fd_jacobian_blocks(arch, X, "ntk")
     gap = np.abs(mc["ntk_truncated"].mean - fd_ntk)[off].max()
     assert gap > 10.0 * mc["ntk_truncated"].stderr[off].max()
@@ -291,7 +292,7 @@ def test_monte_carlo_is_reproducible_and_keeps_samples():
 
 
 # ---------------------------------------------------------------------------------------------
-# Width scalings (math.md §7)
+# Width scalings (docs/math.md §10.3)
 
 
 def test_width_scaling_exponents_and_limits():

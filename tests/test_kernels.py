@@ -233,7 +233,7 @@ def test_mlp_is_frozen_hashable_and_round_trips():
 @pytest.mark.parametrize("sigma_b", [0.0, 0.3])
 def test_relu_fields_agree_with_stable_blocks_incl_antipodal_and_near_pairs(kind, sigma_b, rng):
     """The field route (used by stores and structured products) against the cancellation-free
-    ReLU blocks: exact at x' = x and x' = -x, and within 1e-6 for nearby pairs (math.md §5.9)."""
+    ReLU blocks: exact at x' = x and x' = -x, and within 1e-6 for nearby pairs (docs/math.md §7)."""
     x = rng.standard_normal(4)
     v = rng.standard_normal(4)
     X = np.stack([x, -x, x + 1e-3 * v, x + 1e-5 * v, rng.standard_normal(4)])

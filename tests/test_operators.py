@@ -1,4 +1,4 @@
-"""Every Gram operator agrees with the dense matrix it represents (math.md §4.4, §5.4)."""
+"""Every Gram operator agrees with the dense matrix it represents (docs/math.md §8.2, §6.1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Stable ReLU Jacobian NNGP and truncated JNTK blocks (jacntk.kernels._relu_blocks; math.md §0.5,
-§5.9)."""
+"""Stable ReLU Jacobian NNGP and truncated JNTK blocks (jacntk.kernels._relu_blocks;
+docs/math.md §1.5,
+§7)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ from jacntk import (
 )
 from jacntk.finite import monte_carlo_kernels
 from jacntk.kernels._relu_blocks import pair_basis, relu_stable_blocks
-from jacntk.kernels._relu_tiles import hidden_angle_sines, relu_pair_matmul, relu_projected_kernel
+from jacntk.kernels._relu_tiles import (
+    _angle_sines_reference,
+    hidden_angle_sines,
+    relu_pair_blocks,
+    relu_pair_matmul,
+    relu_projected_kernel,
+)
 
 DEPTHS = (1, 2, 3)
 SIGMAS = ((1.0, 0.0), (1.4, 0.3))
@@ -49,7 +56,7 @@ def _fd_blocks(arch: MLP, X: np.ndarray, h: float) -> np.ndarray:
 
 
 def _diagonal_blocks(arch: MLP, x: np.ndarray, kind: str) -> np.ndarray:
-    """math.md §5.9: Sigma^{l+1}(x,x) = omega/2 Sigma^l(x,x) + sigma_b^2 e0 e0^T, and the
+    """docs/math.md §7: Sigma^{l+1}(x,x) = omega/2 Sigma^l(x,x) + sigma_b^2 e0 e0^T, and the
     truncated Theta^{l+1}(x,x) = Sigma^{l+1}(x,x) + omega/2 Theta^l(x,x)."""
     d = x.size
     omega, sb2 = arch.sigma_w**2, arch.sigma_b**2
@@ -129,7 +136,8 @@ def test_blocks_converge_to_diagonal_block_at_rate_eps(rng, kind, sigmas):
 
 
 def _mp_fields_block(arch: MLP, kind: str, x: np.ndarray, y: np.ndarray, mp) -> np.ndarray:
-    """The (p, q, r) jet recursion (math.md §5.5) and block formula (§5.2) in 60-digit
+    """The (p, q, r) jet recursion (docs/math.md §5.2) and block formula (docs/math.md §4.2) in
+    60-digit
     arithmetic: an independent reference free of rounding trouble at small angles."""
     d = x.size
     X = [mp.mpf(float(t)) for t in x]
@@ -216,7 +224,7 @@ def test_near_collinear_blocks_match_60_digit_reference(rng, kind):
 
 
 def _layer_one(arch: MLP, X: np.ndarray) -> np.ndarray:
-    """Sigma^1 = Theta^1 for all pairs of X: (n (d+1), n (d+1)) (math.md §2.2)."""
+    """Sigma^1 = Theta^1 for all pairs of X: (n (d+1), n (d+1)) (docs/math.md §3.2)."""
     n, d = X.shape
     s = arch.sigma_w**2 / d
     G = np.zeros((n, d + 1, n, d + 1))
@@ -361,7 +369,7 @@ def test_stable_blocks_equal_field_blocks_at_moderate_angles(rng, kind):
 
 
 def test_one_hidden_layer_closed_form_of_math_md(rng):
-    """math.md §5.9: E[1{w.x>0} 1{w.x'>0} w w^T] = (pi - theta)/(2 pi) I + sin(theta)/(2 pi)
+    """docs/math.md §7: E[1{w.x>0} 1{w.x'>0} w w^T] = (pi - theta)/(2 pi) I + sin(theta)/(2 pi)
     [cos(theta) (xx^T - ee^T) + sin(theta) (xe^T + ex^T)] (unit x, x', sigma_b = 0)."""
     d = 5
     x, y = rng.standard_normal((2, d))
@@ -386,7 +394,7 @@ def _gram_with_near_pairs(rng, d: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_field_product_with_stable_correction_of_flagged_pairs_is_accurate(rng, kind):
-    """Proposed treatment for the structured product (math.md §5.4): zero the fields of the
+    """Proposed treatment for the structured product (docs/math.md §6.1): zero the fields of the
     pairs ``hidden_angle_sines`` flags and add ``relu_pair_matmul`` for them."""
     arch = MLP(3, "relu", 1.3, 0.0, kappa=0.8)
     X = _gram_with_near_pairs(rng)
@@ -417,6 +425,39 @@ def test_field_product_with_stable_correction_of_flagged_pairs_is_accurate(rng, 
         rtol=0,
         atol=1e-14 * np.abs(ref).max(),
     )
+
+
+@pytest.mark.parametrize("sigma_b", (0.0, 0.3))
+def test_numba_angle_sines_match_numpy_reference_for_all_and_aligned_pairs(rng, sigma_b):
+    arch = MLP(3, "relu", 1.3, sigma_b)
+    X = _gram_with_near_pairs(rng)
+    X[5] = 0.0  # no angle without bias: sine 1
+    Y = np.vstack([rng.standard_normal((3, 4)), X[:2] + 1e-9])
+    for A, B in ((X, None), (X, Y)):
+        ref = _angle_sines_reference(arch, A, B)
+        np.testing.assert_allclose(hidden_angle_sines(arch, A, B), ref, rtol=0, atol=1e-15)
+    aligned = hidden_angle_sines(arch, X[:5], Y, aligned=True)
+    want = np.diag(_angle_sines_reference(arch, X[:5], Y))
+    np.testing.assert_allclose(aligned, want, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="equally many points"):
+        hidden_angle_sines(arch, X, Y, aligned=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pair_blocks_equal_blocks_of_dense_kernel(rng, kind):
+    arch = MLP(2, "relu", 1.3, 0.2, kappa=0.7)
+    X = _gram_with_near_pairs(rng)
+    Y = np.vstack([rng.standard_normal((2, 4)), X[3] + 1e-8])
+    n, m, w = X.shape[0], Y.shape[0], X.shape[1] + 1
+    dense = kernel(arch, X, Y, kind=kind, jacobian=True).reshape(n, w, m, w)
+    rows, cols = np.array([0, 3, 5, 3]), np.array([2, 2, 0, 1])
+    got = relu_pair_blocks(arch, X, Y, rows, cols, kind=kind)
+    np.testing.assert_allclose(
+        got, dense[rows, :, cols, :], rtol=0, atol=1e-15 * np.abs(dense).max()
+    )
+    assert relu_pair_blocks(arch, X, Y, [], [], kind=kind).shape == (0, w, w)
+    with pytest.raises(ValueError, match="out of range"):
+        relu_pair_blocks(arch, X, Y, [6], [0], kind=kind)
 
 
 def test_relu_pair_matmul_rejects_bad_pairs_and_vectors():

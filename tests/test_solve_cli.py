@@ -96,6 +96,32 @@ def test_solve_matches_predict_with_progress_lines(workdir):
     assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["t=1", "t=10", "t=inf"]
 
 
+@pytest.mark.parametrize("store, lam", [("j.zarr", "0.1"), ("k.zarr", "0")])
+def test_solve_at_the_training_points_matches_predict_there(workdir, store, lam):
+    """Without --test: values and input gradients at the training points (the stored operator
+    itself for the Jacobian store, the cross Gram's gradient rows for the scalar one)."""
+    out = f"train-{store}.npz"
+    args = [store, "--targets", "y.npy", "--jacobian-reg", lam, "--time", "3", "inf"]
+    proc = solve(workdir, *args, "--gradients", "--jitter", "1e-3", "--tol", "1e-12", "--out", out)
+    assert proc.stdout.splitlines()[0].startswith("t=3: rmse ")
+    X = np.load(workdir / "X.npy")
+    ref = predict(
+        None,
+        GramStore.open(workdir / store),
+        np.load(workdir / "y.npy"),
+        X,
+        times=[3, np.inf],
+        jacobian_reg=float(lam),
+        jitter=1e-3,
+        tol=1e-12,
+    )
+    with np.load(workdir / out) as result:
+        assert result["values"].shape == (2, 30) and result["gradients"].shape == (2, 30, 3)
+        np.testing.assert_allclose(result["values"], ref.values, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(result["gradients"], ref.gradients, rtol=1e-8, atol=1e-12)
+        assert '"solver_options": {"tol": 1e-12' in str(result["diagnostics"])
+
+
 def test_solve_classification_on_a_distributed_cluster_reports_accuracy(workdir):
     args = "k.zarr --targets labels.npy --one-hot --time 5 inf --test Xt.npy".split()
     args += "--test-targets labels_t.npy --jitter 1e-4 --tol 1e-12".split()
@@ -123,7 +149,10 @@ def test_solve_refuses_bad_input_with_clear_errors(workdir):
         (["k.zarr", "--targets", "short.npy"], r"y_train must have shape \(30,\)"),
         (["k.zarr", "--targets", "nan.npy"], r"NaN or inf \(first at row 4\)"),
         (["k.zarr", "--targets", "y.npy", "--time", "-1"], "--time values must be >= 0"),
-        (["k.zarr", "--targets", "y.npy", "--jacobian-reg", "-2"], "--jacobian-reg must be >= 0"),
+        (
+            ["k.zarr", "--targets", "y.npy", "--jacobian-reg", "-2"],
+            "--jacobian-reg must be a finite number >= 0",
+        ),
         (["k.zarr", "--targets", "y.npy", "--jacobian-reg", "0.1"], "holds the scalar ntk Gram"),
         (["missing.zarr", "--targets", "y.npy"], "no Gram store"),
     ]

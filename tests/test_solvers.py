@@ -1,4 +1,5 @@
-"""CG, preconditioners and Lanczos matrix functions against dense scipy (math.md §4.5, §5.3)."""
+"""CG, preconditioners and Lanczos matrix functions against dense scipy
+(docs/math.md §8.6, §6.2)."""
 
 from __future__ import annotations
 
@@ -228,3 +229,20 @@ def test_solver_input_errors(rng):
         nystrom(np.eye(3), 5)
     with pytest.raises(ValueError, match="point 1 is not positive definite"):
         block_jacobi(DenseGram(np.diag([1.0, -1.0, 1.0])))
+
+
+def test_cg_does_not_call_a_rounding_limited_residual_converged(rng):
+    """The recurrence residual of CG keeps falling below the accuracy rounding allows for an
+    ill-conditioned operator; the true residual decides, and the message says why."""
+    Q, _ = np.linalg.qr(rng.standard_normal((120, 120)))
+    A = (Q * np.logspace(0, 4, 120)) @ Q.T
+    A = 0.5 * (A + A.T)
+    b = rng.standard_normal(120)
+    with pytest.warns(ConvergenceWarning, match="attainable accuracy"):
+        res = cg(A, b, tol=1e-15, maxiter=5000, stagnation=5000)  # measured: 5e-13
+    assert not res.converged[0] and res.true_residual[0] > 1e-14
+    assert any("true residual" in m for m in res.messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loose = cg(A, b, tol=1e-10, maxiter=5000, stagnation=5000)
+    assert loose.converged[0] and loose.true_residual[0] <= 1e-9

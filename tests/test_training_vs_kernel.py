@@ -1,7 +1,7 @@
-"""Wide networks trained for real follow the kernel ODE (issue 4; math.md §4.3–§4.4, Thm 4.5).
+"""Wide networks trained for real follow the kernel ODE (issue 4; docs/math.md §3.5, §8.2, Thm 4.5).
 
 Finite NTK-parametrised networks (jacntk.finite) are trained by full-batch gradient descent on
-the Jacobian-regularised loss of math.md §0.4.  Their test predictions — values *and*
+the Jacobian-regularised loss of docs/math.md §1.4.  Their test predictions — values *and*
 input-gradients — after k steps are compared with ``jacntk.predict`` (the infinite-width JNTK
 ODE) started from the network's own initial function ``F_0`` (so the comparison isolates the
 kernel, not the random initial function).  The error, relative to the size of the predicted
@@ -43,7 +43,7 @@ def _stack(values, gradients):
 
 
 def _dense_prediction(arch, X, y, X_test, F0_train, F0_test, k):
-    """math.md §4.4 by dense eigendecomposition after k steps of gradient descent:
+    """docs/math.md §8.2 by dense eigendecomposition after k steps of gradient descent:
     F_k(x) = F_0(x) + Theta(x, X) D^1/2 psi_k(B) D^1/2 (Y - F_0), psi_k(s) = (1-(1-cs)^k)/s."""
     d = X.shape[1]
     sqrt_d = np.tile(np.r_[1.0, np.full(d, np.sqrt(LAM))], X.shape[0])
@@ -93,7 +93,7 @@ def test_trained_wide_networks_approach_the_kernel_ode_as_width_grows():
             F_net = _stack(run.values[-1], run.gradients[-1])
             F_kernel = _predict(arch, X, y, X_test, F0_train, F0_test, steps=[STEPS])
             change = np.abs(F_kernel - F0_test).max()
-            # jacntk.predict agrees with the dense reference of math.md §4.4 ...
+            # jacntk.predict agrees with the dense reference of docs/math.md §8.2 ...
             reference = _dense_prediction(arch, X, y, X_test, F0_train, F0_test, STEPS)
             np.testing.assert_allclose(F_kernel, reference, rtol=0, atol=1e-8 * change)
             # ... and gradient flow at t = k is close to k discrete steps at this step size.

@@ -22,7 +22,7 @@ request) and ``peak_rss_mib`` (the peak resident memory of this process so far).
 
 The architecture is jacntk's ``MLP.to_dict()``: ``depth`` hidden layers
 ``stax.Dense(width, W_std=sigma_w, b_std=sigma_b, parameterization="ntk")`` + activation, then
-``stax.Dense(1, ...)``; the kernels are multiplied by ``kappa**2`` (math.md §0.1).
+``stax.Dense(1, ...)``; the kernels are multiplied by ``kappa**2`` (docs/math.md §1.1).
 
 Run as ``python nt_worker.py --dtype float64|float32``; ``float64`` enables ``jax_enable_x64``.
 """
@@ -50,7 +50,7 @@ def peak_rss_mib() -> float:
 
 
 def build_kernel_fn(arch: dict):
-    """The jitted ``kernel_fn`` of jacntk's MLP in neural-tangents' stax (math.md §0.1)."""
+    """The jitted ``kernel_fn`` of jacntk's MLP in neural-tangents' stax (docs/math.md §1.1)."""
     from neural_tangents import stax
 
     acts = {"erf": stax.Erf, "relu": stax.Relu, "gelu": stax.Gelu}

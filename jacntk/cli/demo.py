@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jacntk.cli.solve import one_hot
-from jacntk.distributed import add_cluster_arguments, options_from_args
+from jacntk.data import one_hot
+
+from ._arguments import add_cluster_arguments, cluster_options
 
 
 def register(sub) -> None:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"network: {arch}, NTK parametrisation")
 
     t0 = time.perf_counter()
-    report = assemble(arch, X, args.store, kind="ntk", cluster=options_from_args(args))
+    report = assemble(arch, X, args.store, kind="ntk", cluster=cluster_options(args))
     where = args.store if "://" in args.store else Path(args.store).resolve()
     print(
         f"assembled NTK Gram into {where}: "

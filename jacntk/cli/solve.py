@@ -12,8 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ._arguments import add_cluster_arguments, cluster_options, wants_cluster
+
 
 def register(sub) -> None:
+    from jacntk.options import OPERATORS, PRECONDITIONERS, OperatorOptions, SolverOptions
+
+    solver, operator = SolverOptions(), OperatorOptions()
     p = sub.add_parser(
         "solve",
         help="train the infinite-width network on a stored Gram (CG / Lanczos)",
@@ -47,20 +52,65 @@ def register(sub) -> None:
     p.add_argument("--test", metavar="X.npy", help="test points (default: the training points)")
     p.add_argument("--test-targets", metavar="Y.npy", help="report accuracy / RMSE on the test set")
     p.add_argument("--gradients", action="store_true", help="also predict input gradients")
-    p.add_argument("--tol", type=float, default=1e-8, help="relative tolerance (default 1e-8)")
-    p.add_argument("--maxiter", type=int, default=None)
-    p.add_argument(
-        "--preconditioner", choices=("block-jacobi", "nystrom", "none"), default="block-jacobi"
-    )
-    p.add_argument(
-        "--rank", type=int, default=100, metavar="K", help="Nystrom sketch size (default 100)"
-    )
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    from jacntk.distributed import add_cluster_arguments
-
+    group = p.add_argument_group("solver (jacntk.options.SolverOptions)")
+    group.add_argument(
+        "--tol",
+        type=float,
+        default=solver.tol,
+        help="relative tolerance of CG and Lanczos (default %(default)g)",
+    )
+    group.add_argument(
+        "--maxiter",
+        type=int,
+        default=solver.maxiter,
+        help="iteration cap (default: the solver's own)",
+    )
+    group.add_argument(
+        "--preconditioner",
+        choices=PRECONDITIONERS,
+        default=solver.preconditioner,
+        help="preconditioner of CG at t = inf (default %(default)s)",
+    )
+    group.add_argument(
+        "--rank",
+        type=int,
+        default=solver.rank,
+        metavar="K",
+        help="Nystrom sketch size (default %(default)s)",
+    )
+    group = p.add_argument_group("operator (jacntk.options.OperatorOptions)")
+    group.add_argument(
+        "--operator",
+        choices=OPERATORS,
+        default=operator.operator,
+        help="how the Gram is applied; 'auto' is 'stored' for a store (default %(default)s)",
+    )
+    group.add_argument(
+        "--tile",
+        type=int,
+        default=operator.tile,
+        help="points per tile of matrix-free products (default %(default)s)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run)
+
+
+def solver_options(args: argparse.Namespace):
+    """The :class:`jacntk.options.SolverOptions` of the parsed arguments."""
+    from jacntk.options import SolverOptions
+
+    return SolverOptions(
+        tol=args.tol, maxiter=args.maxiter, preconditioner=args.preconditioner, rank=args.rank
+    )
+
+
+def operator_options(args: argparse.Namespace, client=None):
+    """The :class:`jacntk.options.OperatorOptions` of the parsed arguments (and ``client``)."""
+    from jacntk.options import OperatorOptions
+
+    return OperatorOptions(operator=args.operator, tile=args.tile, client=client)
 
 
 def _load_array(path: str, name: str) -> np.ndarray:
@@ -70,17 +120,6 @@ def _load_array(path: str, name: str) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {name} file {path!r} as .npy: {exc}") from None
-
-
-def one_hot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    """Centred one-hot targets ``e_y - 1/K`` (n, K) from integer labels."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ValueError("--one-hot needs a 1-D array of non-negative integer class labels")
-    k = int(labels.max()) + 1 if n_classes is None else n_classes
-    Y = np.full((labels.size, k), -1.0 / k)
-    Y[np.arange(labels.size), labels] += 1.0
-    return Y
 
 
 class _Progress:
@@ -100,43 +139,50 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jacntk.distributed import get_client, options_from_args
-    from jacntk.store._reader import GramStore
-    from jacntk.training._coefficients import solve_coefficients
-    from jacntk.training._predict import cross_product
-    from jacntk.training._system import _check_targets, training_residual, training_system
-    from jacntk.validation import as_points
+    from jacntk.data import one_hot
+    from jacntk.distributed import get_client
+    from jacntk.store import GramStore
+    from jacntk.training import (
+        cross_product,
+        solve_coefficients,
+        training_predictions,
+        training_residual,
+        training_system,
+    )
+    from jacntk.validation import as_points, check_nonnegative, check_targets
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if args.jacobian_reg < 0 or not math.isfinite(args.jacobian_reg):
-        raise ValueError(f"--jacobian-reg must be >= 0, got {args.jacobian_reg}")
+    check_nonnegative(args.jacobian_reg, "--jacobian-reg")
     if args.time is not None and args.steps is not None:
         raise ValueError("give --time or --steps, not both")
     times = args.time if args.time is not None else ([math.inf] if args.steps is None else None)
     if times is not None and any(not (t >= 0) for t in times):
         raise ValueError(f"--time values must be >= 0 (inf allowed), got {times}")
+    solver = solver_options(args)
     store = GramStore.open(args.store)
     raw = _load_array(args.targets, "--targets")
-    y = one_hot(raw) if args.one_hot else np.asarray(raw, dtype=np.float64)
+    try:
+        y = one_hot(raw) if args.one_hot else np.asarray(raw, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"--one-hot: {exc}") from None
     X_test = as_points(_load_array(args.test, "--test"), "--test") if args.test else None
     y_test = _load_array(args.test_targets, "--test-targets") if args.test_targets else None
-    use_cluster = bool(args.scheduler or args.scheduler_file or args.workers)
     progress = _Progress()
-    with get_client(options_from_args(args)) if use_cluster else contextlib.nullcontext() as client:
+    cluster = get_client(cluster_options(args)) if wants_cluster(args) else contextlib.nullcontext()
+    with cluster as client:
         system = training_system(
             None,
             store,
             jacobian_reg=args.jacobian_reg,
             jitter=args.jitter,
             learning_rate=args.learning_rate,
-            client=client,
+            operator_options=operator_options(args, client),
         )
-        y = _check_targets(y, system.n)
-        n, b = system.n, system.block
+        y = check_targets(y, system.n)
         print(
-            f"solve: {store.kind} of {store.arch}, N={n}, d={store.d}, lam={system.lam}, "
+            f"solve: {store.kind} of {store.arch}, N={system.n}, d={store.d}, lam={system.lam}, "
             f"jitter={system.jitter}, c={system.c:.3e}, operator {system.operator}"
             + (f" on {len(client.scheduler_info()['workers'])} workers" if client else ""),
             file=sys.stderr,
@@ -147,23 +193,15 @@ def run(args: argparse.Namespace) -> int:
             times=times,
             steps=args.steps,
             learning_rate=args.learning_rate,
-            tol=args.tol,
-            maxiter=args.maxiter,
-            preconditioner=None if args.preconditioner == "none" else args.preconditioner,
-            rank=args.rank,
+            solver=solver,
             callback=progress,
         )
         if X_test is not None:
             pred = cross_product(system, X_test, coef.Z, gradients=args.gradients)
         else:
-            T, _, k = coef.Z.shape
-            base = system.B.base  # Theta without jitter: F_t(X) = Theta D^{1/2} z
-            flat = base.matmat(coef.Z.transpose(1, 0, 2).reshape(n * b, T * k))
-            pred = flat.reshape(n, b, T, k).transpose(2, 0, 1, 3)
-            if not args.gradients:
-                pred = pred[:, :, :1]
+            pred = training_predictions(system, coef.Z, gradients=args.gradients)
     values = pred[:, :, 0]
-    grads = pred[:, :, 1:] if pred.shape[2] > 1 else None
+    grads = pred[:, :, 1:] if args.gradients else None
     if not args.one_hot and y.ndim == 1:
         values = values[..., 0]
         grads = None if grads is None else grads[..., 0]
@@ -173,11 +211,10 @@ def run(args: argparse.Namespace) -> int:
         if ref is not None:
             line += " " + _score(values[i], np.asarray(ref), args.one_hot)
         print(line)
-    diag = {k: v for k, v in coef.diagnostics.items() if k != "cg_result"}
     payload = {"times": coef.times, "values": values, "dual_coef": coef.Z}
     if grads is not None:
         payload["gradients"] = grads
-    payload["diagnostics"] = np.array(json.dumps(diag, default=str))
+    payload["diagnostics"] = np.array(json.dumps(coef.diagnostics.as_dict(), default=str))
     with open(out, "wb") as fh:
         np.savez(fh, **payload)
     print(f"wrote {out}", file=sys.stderr)

@@ -8,10 +8,17 @@ import sys
 
 import numpy as np
 
+from ._arguments import (
+    add_cluster_arguments,
+    add_storage_argument,
+    cluster_options,
+    storage_options,
+)
+
 
 def register(sub) -> None:
     from jacntk.arch import ACTIVATIONS, KINDS
-    from jacntk.distributed import add_cluster_arguments
+    from jacntk.options import DEFAULT_TILE
     from jacntk.store._format import DTYPES
 
     p = sub.add_parser(
@@ -34,7 +41,11 @@ def register(sub) -> None:
     p.add_argument("--sigma-w", type=float, default=1.0)
     p.add_argument("--sigma-b", type=float, default=0.0)
     p.add_argument("--kappa", type=float, default=1.0)
-    p.add_argument("--tile", type=int, help="tile = chunk edge (default: the store's, or 1024)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        help=f"tile = chunk edge (default: the store's, or {DEFAULT_TILE})",
+    )
     p.add_argument("--dtype", default="float64", choices=DTYPES, help="storage precision")
     p.add_argument(
         "--overwrite",
@@ -53,14 +64,14 @@ def register(sub) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _storage_argument(p)
+    add_storage_argument(p)
     add_cluster_arguments(p)
     p.set_defaults(func=run_assemble)
 
     p = sub.add_parser("info", help="describe a Gram store", description="Describe a store.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the attributes as JSON")
-    _storage_argument(p)
+    add_storage_argument(p)
     p.set_defaults(func=run_info)
 
     p = sub.add_parser(
@@ -78,7 +89,7 @@ def register(sub) -> None:
         help="the point-major Jacobian-augmented block (Jacobian stores)",
     )
     p.add_argument("--out", metavar="FILE.npy", help="save the block instead of printing it")
-    _storage_argument(p)
+    add_storage_argument(p)
     p.set_defaults(func=run_query)
 
     p = sub.add_parser(
@@ -91,33 +102,8 @@ def register(sub) -> None:
     p.add_argument("--sample", type=int, default=2, metavar="K", help="tiles to recompute")
     p.add_argument("--seed", type=int, default=0, help="seed of the tile sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _storage_argument(p)
+    add_storage_argument(p)
     p.set_defaults(func=run_verify)
-
-
-def _storage_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option for a URL store, e.g. endpoint_url=http://127.0.0.1:9000 "
-        "(repeatable; VALUE parsed as JSON when it can be)",
-    )
-
-
-def storage_options(pairs: list[str]) -> dict | None:
-    """``["key=value", ...]`` -> dict (values parsed as JSON when possible)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--storage-option must be KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out or None
 
 
 def parse_index_spec(spec: str, option: str):
@@ -148,8 +134,7 @@ def _as_cli_error(exc: OSError) -> Exception:
 def run_assemble(args: argparse.Namespace) -> int:
     from jacntk.arch import MLP
     from jacntk.data import load_points
-    from jacntk.distributed import options_from_args
-    from jacntk.store._assembly import assemble
+    from jacntk.store import assemble
 
     arch = MLP(args.depth, args.activation, args.sigma_w, args.sigma_b, args.kappa)
     X = load_points(args.data)
@@ -162,7 +147,7 @@ def run_assemble(args: argparse.Namespace) -> int:
             jacobian=args.jacobian,
             tile=args.tile,
             dtype=args.dtype,
-            cluster=options_from_args(args),
+            cluster=cluster_options(args),
             overwrite=args.overwrite,
             progress=args.progress,
             storage_options=storage_options(args.storage_option),
@@ -182,7 +167,7 @@ def run_assemble(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from jacntk.store._reader import GramStore
+    from jacntk.store import GramStore
 
     info = GramStore.open(args.store, storage_options(args.storage_option)).info()
     if args.json:
@@ -207,7 +192,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from jacntk.store._reader import GramStore
+    from jacntk.store import GramStore
 
     rows = parse_index_spec(args.rows, "--rows")
     cols = parse_index_spec(args.cols, "--cols")
@@ -222,7 +207,7 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from jacntk.store._reader import GramStore
+    from jacntk.store import GramStore
 
     gram = GramStore.open(args.store, storage_options(args.storage_option))
     report = gram.verify(sample=args.sample, seed=args.seed)

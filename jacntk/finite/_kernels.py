@@ -1,4 +1,4 @@
-"""Empirical and Monte-Carlo kernels of finite networks (docs/math.md §8)."""
+"""Empirical and Monte-Carlo kernels of finite networks (docs/math.md §3.3, §10.5)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def empirical_kernel(
         Defaults to ``X1``.
     kind : {"ntk", "ntk_truncated", "nngp"}
         ``"ntk"``: ``Theta_hat_ab(x, x') = <d_theta F_a(x), d_theta F_b(x')>`` with
-        ``F = (f, grad_x f)`` (math.md §4.1), weighted by the learning-rate multipliers of
+        ``F = (f, grad_x f)`` (docs/math.md §3.3), weighted by the learning-rate multipliers of
         ``net.scaling`` (all 1 in the NTK parametrisation).  ``"ntk_truncated"``: the same with
         ``phi'' := 0`` (what autodiff gives for ReLU).  ``"nngp"``: the covariance of ``F``
         conditional on the hidden layers, ``kappa^2 (alpha_{L+1}^2 A^L(x) A^L(x')^T + sigma_b^2
@@ -118,7 +118,7 @@ def empirical_kernel(
     ------
     ValueError
         Bad points, unknown kind, or ``kind="ntk"`` with ``jacobian=True`` for ReLU (use
-        ``"ntk_truncated"``: a finite ReLU net's autodiff JNTK, math.md §5.9).
+        ``"ntk_truncated"``: a finite ReLU net's autodiff JNTK, docs/math.md §7).
     """
     X1 = _check_inputs(net, X1, "X1")
     X1, X2, symmetric = as_pair(X1, X2)
@@ -128,7 +128,7 @@ def empirical_kernel(
 
 
 def relative_drift(kernels, reference=None) -> np.ndarray:
-    """``max|K_k - K_ref| / max|K_ref|`` for each kernel of a stack (math.md §8, Fig. 3).
+    """``max|K_k - K_ref| / max|K_ref|`` for each kernel of a stack (docs/math.md §12, Fig. 3).
 
     Parameters
     ----------
@@ -289,4 +289,4 @@ def monte_carlo_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Jacobian-regularised loss and full-batch gradient descent (math.md §0.4, §3)
+# Jacobian-regularised loss and full-batch gradient descent (docs/math.md §1.4, §8.1)

@@ -1,6 +1,7 @@
-"""Finite networks as ground truth for the infinite-width kernels (math.md §0.1, §4, §5.11, §7).
+"""Finite networks as ground truth for the infinite-width kernels
+(docs/math.md §1.1, §3, §10.5, §10.3).
 
-A :class:`FiniteMLP` is the network of math.md §0.1 at a finite hidden width ``n``, with
+A :class:`FiniteMLP` is the network of docs/math.md §1.1 at a finite hidden width ``n``, with
 standard-normal parameters drawn from a seed::
 
     z^1     = alpha_1 W^1 x + sigma_b b^1,                 alpha_1 = sigma_w / sqrt(d)
@@ -8,13 +9,13 @@ standard-normal parameters drawn from a seed::
     f(x)    = kappa z^{L+1}                                (readout: W^{L+1} of shape (1, n))
 
 (and, for one-hidden-layer nets under a :class:`WidthScaling`, ``alpha_2 = sigma_w n^q_sigma``
-with per-layer learning-rate multipliers, math.md §7).
+with per-layer learning-rate multipliers, docs/math.md §10.3).
 
 Everything is computed on stacks that carry the value and the ``d`` input-derivatives together:
 
 * forward: ``A^l = [phi(z^l); phi'(z^l) * d_1 z^l; ...; phi'(z^l) * d_d z^l]`` of shape
   ``(N, d+1, n)`` (``A^0 = [x; e_1; ...; e_d]``), so ``F = (f, grad_x f) = kappa z^{L+1}`` stacked;
-* backward, reverse mode with respect to the pre-activations (math.md §5.11, §8 recipe 3):
+* backward, reverse mode with respect to the pre-activations (docs/math.md §10.5, §12 recipe 3):
   ``u^l = df/dz^l`` and its input-derivatives ``s^l_a = d/dx_a u^l``::
 
       m^l   = alpha_{l+1} W^{l+1 T} u^{l+1},     u^l = phi'(z^l) m^l,       u^{L+1} = kappa
@@ -25,8 +26,8 @@ Everything is computed on stacks that carry the value and the ``d`` input-deriva
   ``dF_0/dW^l = alpha_l u (x) a``, ``dF_a/dW^l = alpha_l (s_a (x) a + u (x) d_a a)``
   (``a = A^{l-1}`` rows) and ``dF_0/db^l = sigma_b u``, ``dF_a/db^l = sigma_b s_a``.
 
-The empirical Jacobian NTK ``Theta_hat_ab(x, x') = <d_theta F_a(x), d_theta F_b(x')>`` (math.md
-§4.1) therefore never needs the parameter Jacobian: with the per-layer ``(d+1) x (d+1)`` Grams
+The empirical Jacobian NTK ``Theta_hat_ab(x, x') = <d_theta F_a(x), d_theta F_b(x')>`` (docs/math.md
+§3.3) therefore never needs the parameter Jacobian: with the per-layer ``(d+1) x (d+1)`` Grams
 ``P = U U'^T`` and ``Q = A A'^T`` of each pair,
 
     Theta_hat_ab += lr_l [ alpha_l^2 (P_ab Q_00 + [b>0] P_a0 Q_0b + [a>0] P_0b Q_a0
@@ -35,9 +36,9 @@ The empirical Jacobian NTK ``Theta_hat_ab(x, x') = <d_theta F_a(x), d_theta F_b(
 summed over the layers ``l = 1..L+1`` (``lr_l`` = learning-rate multiplier, 1 in the NTK
 parametrisation).  The readout layer alone (``P = kappa^2 e_0 e_0^T``) is the covariance of ``F``
 conditional on the hidden layers, ``kappa^2 (alpha_{L+1}^2 A^L A'^{L T} + sigma_b^2 e_0 e_0^T)``
-— the low-variance Jacobian-NNGP estimator (math.md §8 recipe 3).  For ReLU ``phi'' = 0``
+— the low-variance Jacobian-NNGP estimator (docs/math.md §12 recipe 3).  For ReLU ``phi'' = 0``
 (autodiff semantics), so the empirical JNTK of a ReLU net follows ``kind="ntk_truncated"``
-(math.md §5.9); ``kind="ntk_truncated"`` sets ``phi'' := 0`` for any activation.
+(docs/math.md §7); ``kind="ntk_truncated"`` sets ``phi'' := 0`` for any activation.
 
 All outputs use the conventions of :func:`jacntk.kernel`: row index from the first argument,
 index 0 the value, point-major ``(n1 (d+1), n2 (d+1))`` matrices.
@@ -52,16 +53,18 @@ import numpy as np
 from numba import njit
 
 from ..arch import MLP
-from ..kernels._moments import ACT_CODES, activation_derivatives
+from ..kernels._activations import RELU, get_activation
+from ..kernels._moments import activation_derivatives
 from ..validation import as_points, as_vector
 
 # --------------------------------------------------------------------------------------------
-# Width scalings (math.md §7)
+# Width scalings (docs/math.md §10.3)
 
 
 @dataclass(frozen=True)
 class WidthScaling:
-    """Width-scaling exponents of a one-hidden-layer network (math.md §7, Golikov 2006.06574).
+    """Width-scaling exponents of a one-hidden-layer network
+    (docs/math.md §10.3, Golikov 2006.06574).
 
     ``f(x) = kappa sigma_w n^q_sigma sum_r v_r phi(h_r(x)) + kappa sigma_b b``: the readout
     multiplier scales as ``n^q_sigma``; gradient descent uses the learning rate
@@ -115,7 +118,7 @@ class WidthScaling:
 
     @property
     def limit(self) -> str:
-        """Name of the limit model (math.md §7).
+        """Name of the limit model (docs/math.md §10.3).
 
         ``"ntk"`` (q_sigma = -1/2), ``"ntk_vanishing_init"`` (-1 < q_sigma < -1/2: constant
         kernel, f_0 -> 0, i.e. the mean predictor), ``"mean_field"`` (q_sigma = -1),
@@ -164,7 +167,8 @@ class FiniteMLP:
     biases : tuple of arrays
         ``b^1..b^L`` (n,), readout ``b^{L+1}`` (1,).
     scaling : WidthScaling
-        ``NTK_SCALING`` (the parametrisation of math.md §0.1) unless set by :func:`init_network`.
+        ``NTK_SCALING`` (the parametrisation of docs/math.md §1.1) unless set by
+        :func:`init_network`.
 
     Use :func:`init_network` to build one; :func:`with_parameters` and :func:`train` return new
     instances (the arrays are never modified in place).
@@ -221,7 +225,7 @@ def init_network(
     seed : int, SeedSequence or Generator
         Passed to ``numpy.random.default_rng``; the same seed gives the same network.
     scaling : WidthScaling, optional
-        Width-scaling exponents (math.md §7); only for ``arch.depth == 1`` unless it is
+        Width-scaling exponents (docs/math.md §10.3); only for ``arch.depth == 1`` unless it is
         ``NTK_SCALING`` (the default).
 
     Returns
@@ -238,7 +242,7 @@ def init_network(
     if scaling != NTK_SCALING and arch.depth != 1:
         raise ValueError(
             f"width scalings other than NTK_SCALING are defined for one-hidden-layer networks "
-            f"(math.md §7); got depth {arch.depth}"
+            f"(docs/math.md §10.3); got depth {arch.depth}"
         )
     rng = np.random.default_rng(seed)
     fan_in = [d] + [width] * arch.depth
@@ -272,10 +276,11 @@ def with_parameters(net: FiniteMLP, theta) -> FiniteMLP:
 def _activation_table(activation: str, z: np.ndarray, second: bool):
     """``phi(z), phi'(z), phi''(z)`` elementwise (``phi'' = 0`` for ReLU and when not
     ``second``)."""
-    if activation == "relu":
+    code = get_activation(activation).code
+    if code == RELU:
         return np.maximum(z, 0.0), (z > 0).astype(np.float64), None
     out = np.empty((3, z.size))
-    _smooth_table(ACT_CODES[activation], np.ascontiguousarray(z).ravel(), out)
+    _smooth_table(code, np.ascontiguousarray(z).ravel(), out)
     phi, dphi, ddphi = out.reshape(3, *z.shape)
     return phi, dphi, (ddphi if second else None)
 

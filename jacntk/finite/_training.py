@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..kernels._activations import RELU, get_activation
 from ..validation import as_vector
 from ._kernels import empirical_kernel
 from ._network import FiniteMLP, _backward, _check_inputs, _check_int, _forward, forward
@@ -56,7 +57,7 @@ def _check_targets(net: FiniteMLP, X, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def loss(net: FiniteMLP, X, y, *, jacobian_reg: float = 0.0) -> float:
-    """``L = 1/(2N) sum_i [(f(x_i) - y_i)^2 + lam |grad_x f(x_i)|^2]`` (math.md §0.4)."""
+    """``L = 1/(2N) sum_i [(f(x_i) - y_i)^2 + lam |grad_x f(x_i)|^2]`` (docs/math.md §1.4)."""
     X, y = _check_targets(net, X, y)
     return _loss_and_gradient(net, X, y, _check_reg(jacobian_reg), grad=False)[0]
 
@@ -64,7 +65,7 @@ def loss(net: FiniteMLP, X, y, *, jacobian_reg: float = 0.0) -> float:
 def loss_gradient(
     net: FiniteMLP, X, y, *, jacobian_reg: float = 0.0
 ) -> tuple[float, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-    """The loss of math.md §0.4 and its exact gradient with respect to every parameter.
+    """The loss of docs/math.md §1.4 and its exact gradient with respect to every parameter.
 
     ``dL/dtheta = 1/N sum_i sum_a r_ia d_theta F_a(x_i)`` with ``r_i0 = f(x_i) - y_i`` and
     ``r_ia = lam d_a f(x_i)``.  Per layer, with ``rho_0 = r_0 u + sum_a r_a s_a`` and
@@ -144,13 +145,13 @@ def train(
     kernel_steps: Sequence[int] = (),
     kernel_points=None,
 ) -> TrainingRun:
-    """Full-batch gradient descent on the Jacobian-regularised loss (math.md §0.4, §3).
+    """Full-batch gradient descent on the Jacobian-regularised loss (docs/math.md §1.4, §8.1).
 
     ``theta_{k+1} = theta_k - learning_rate lr_l dL/dtheta`` (``lr_l`` from ``net.scaling``, 1
     in the NTK parametrisation): the Euler scheme, with unit time step, of the gradient flow
     ``theta' = -learning_rate grad L``.  In the infinite-width limit ``k`` steps give the discrete
     predictor ``psi_k`` with ``c = learning_rate kappa^2 / N`` on the kappa-free kernel
-    (math.md §4.4), i.e.
+    (docs/math.md §8.2), i.e.
     ``jacntk.predict(..., steps=[k])``, close to the flow at ``times=[k]`` for small ``c``.
 
     Parameters
@@ -170,7 +171,7 @@ def train(
     record_steps : sequence of int, optional
         Steps in ``[0, steps]`` at which to record predictions (default ``(0, steps)``).
     kernel_steps : sequence of int
-        Steps at which to record the empirical JNTK (math.md §8, Fig. 3).
+        Steps at which to record the empirical JNTK (docs/math.md §12, Fig. 3).
     kernel_points : (n_k, d), optional
         Points of the recorded kernels (default: the training points).
 
@@ -178,7 +179,7 @@ def train(
     ------
     ValueError
         Bad inputs, or a non-finite loss (the learning rate is too large: GD is stable only for
-        ``c lambda_max(B) < 2``, math.md §4.4).
+        ``c lambda_max(B) < 2``, docs/math.md §8.2).
     """
     X, y = _check_targets(net, X, y)
     lam = _check_reg(jacobian_reg)
@@ -195,7 +196,7 @@ def train(
     )
     ksteps = _check_steps(kernel_steps, steps, "kernel_steps")
     Xk = X if kernel_points is None else _check_inputs(net, kernel_points, "kernel_points")
-    kind = "ntk_truncated" if net.arch.activation == "relu" else "ntk"
+    kind = "ntk_truncated" if get_activation(net.arch.activation).code == RELU else "ntk"
     lr = net.learning_rate_multipliers
     values, grads, kernels, losses = [], [], [], []
     for step in range(steps + 1):
@@ -210,7 +211,7 @@ def train(
         if not math.isfinite(value):
             raise ValueError(
                 f"training diverged at step {step} (loss {value}); learning_rate="
-                f"{learning_rate} is too large (GD needs c lambda_max(B) < 2, math.md §4.4)"
+                f"{learning_rate} is too large (GD needs c lambda_max(B) < 2, docs/math.md §8.2)"
             )
         losses.append(value)
         if step < steps:

@@ -1,5 +1,5 @@
 """From the eight fields to Jacobian-augmented blocks: dense assembly, the structured product,
-and projected augmentation (math.md §5.2, §5.4).
+and projected augmentation (docs/math.md §4.2, §6.1).
 
 Block of a pair (row index from ``x``, column index from ``x'``; index 0 the value)::
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..arch import MLP
 from ..validation import as_pair
 from ._fields import KernelFields
 
@@ -23,6 +24,17 @@ def _field_arrays(fields: KernelFields | np.ndarray) -> np.ndarray:
     if data.ndim != 3 or data.shape[0] != 8:
         raise ValueError(f"fields must have shape (8, n1, n2), got {data.shape}")
     return data
+
+
+def _routed(fields, X1, X2, arch: MLP, kind: str | None):
+    """``fields`` with the routing of :func:`jacntk.kernels._compute.stable_pairs` attached."""
+    from ._compute import route_fields  # _compute builds on this module
+
+    if kind is None:
+        if not isinstance(fields, KernelFields):
+            raise ValueError("kind is required with arch when fields is a plain array")
+        kind = fields.kind
+    return route_fields(arch, kind, fields, X1, X2)
 
 
 def _check_points(data: np.ndarray, X1, X2) -> tuple[np.ndarray, np.ndarray]:
@@ -35,13 +47,28 @@ def _check_points(data: np.ndarray, X1, X2) -> tuple[np.ndarray, np.ndarray]:
     return A, B
 
 
-def augment(fields: KernelFields | np.ndarray, X1, X2=None) -> np.ndarray:
+def augment(
+    fields: KernelFields | np.ndarray,
+    X1,
+    X2=None,
+    *,
+    arch: MLP | None = None,
+    kind: str | None = None,
+) -> np.ndarray:
     """Dense Jacobian-augmented matrix from the fields.
 
     Parameters
     ----------
     fields : KernelFields or (8, n1, n2) array
     X1 : (n1, d); X2 : (n2, d), defaults to X1
+    arch : MLP, optional
+        The architecture the fields were computed for.  Given, the pairs that
+        :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where
+        the fields cancel) take their blocks from the stable ReLU route: the numbers of
+        ``jacntk.kernel(arch, ..., jacobian=True)``.  Without it every block comes from the
+        fields (for ReLU only ``~eps / sin(theta)^2`` accurate near ``x' = x``).
+    kind : str, optional
+        The fields' kind; defaults to ``fields.kind`` (needed with ``arch`` for a plain array).
 
     Returns
     -------
@@ -51,6 +78,8 @@ def augment(fields: KernelFields | np.ndarray, X1, X2=None) -> np.ndarray:
     in
     NumPy.
     """
+    if arch is not None:
+        return _routed(fields, X1, X2, arch, kind).dense()
     data = np.ascontiguousarray(_field_arrays(fields), dtype=np.float64)
     A, B = _check_points(data, X1, X2)
     n1, d = A.shape
@@ -86,8 +115,16 @@ def _augment_into(F, A, B, G):  # pragma: no cover - compiled
                 row[1 + a] += Kp
 
 
-def structured_matmul(fields: KernelFields | np.ndarray, X1, X2, V) -> np.ndarray:
-    """Multiply the augmented matrix by ``V`` without forming it (math.md §5.4).
+def structured_matmul(
+    fields: KernelFields | np.ndarray,
+    X1,
+    X2,
+    V,
+    *,
+    arch: MLP | None = None,
+    kind: str | None = None,
+) -> np.ndarray:
+    """Multiply the augmented matrix by ``V`` without forming it (docs/math.md §6.1).
 
     With ``u = V[point, 0]``, ``W = V[point, 1:]`` (rows ``w_j``), ``P = X1 W^T``,
     ``s_j = x'_j . w_j``::
@@ -101,11 +138,17 @@ def structured_matmul(fields: KernelFields | np.ndarray, X1, X2, V) -> np.ndarra
     fields : KernelFields or (8, n1, n2) array
     X1 : (n1, d); X2 : (n2, d) or None (= X1)
     V : (n2*(d+1),) or (n2*(d+1), k), point-major
+    arch, kind : optional
+        As for :func:`augment`: with ``arch`` the routed pairs' fields are zeroed and their
+        stable blocks added by :func:`jacntk.kernels._relu_tiles.relu_pair_matmul` (``O(d)``
+        per routed pair and column).
 
     Returns
     -------
     (n1*(d+1),) or (n1*(d+1), k).  Cost: three (n1 x n2 x d) GEMMs per column, O(n1 n2) memory.
     """
+    if arch is not None:
+        return _routed(fields, X1, X2, arch, kind).matmul(V)
     K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
     A, B = _check_points(K[None], X1, X2)
     n1, d = A.shape
@@ -180,7 +223,16 @@ def check_direction_pair(U1, U2, symmetric: bool, n1: int, n2: int, d: int):
     return U1, U2
 
 
-def projected_kernel(fields: KernelFields | np.ndarray, X1, X2, U1, U2=None) -> np.ndarray:
+def projected_kernel(
+    fields: KernelFields | np.ndarray,
+    X1,
+    X2,
+    U1,
+    U2=None,
+    *,
+    arch: MLP | None = None,
+    kind: str | None = None,
+) -> np.ndarray:
     """Blocks of size (1+p) for p chosen directions per point, from the same fields.
 
     Entry ``(alpha, beta)`` of a pair's block is ``e_alpha^T Block(x, x') e'_beta`` with
@@ -191,11 +243,15 @@ def projected_kernel(fields: KernelFields | np.ndarray, X1, X2, U1, U2=None) -> 
     ----------
     U1 : (n1, p, d) or (p, d) directions of the points of X1; U2 likewise for X2
         (defaults to U1 when X2 is None).
+    arch, kind : optional
+        As for :func:`augment`: with ``arch`` the routed pairs' blocks are the stable ones.
 
     Returns
     -------
     (n1*(1+p), n2*(1+p)) float64, point-major.
     """
+    if arch is not None:
+        return _routed(fields, X1, X2, arch, kind).projected(U1, U2)
     K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = _field_arrays(fields)
     A, B = _check_points(K[None], X1, X2)
     n1, d = A.shape

@@ -1,7 +1,8 @@
-"""The layer recursion for the scalar kernels and the eight coefficient fields (math.md §5.5).
+"""The layer recursion for the scalar kernels and the eight coefficient fields (docs/math.md §5.2).
 
 Every layer kernel of the MLP depends on a pair ``(x, x')`` only through ``p = <x, x'>``,
-``q = |x|^2`` and ``r = |x'|^2`` (§5.1).  Its Jacobian-augmented ``(d+1) x (d+1)`` block (§5.2)
+``q = |x|^2`` and ``r = |x'|^2`` (docs/math.md §4.1).  Its Jacobian-augmented ``(d+1) x (d+1)``
+block (docs/math.md §4.2)
 is therefore fixed by eight scalar *fields*
 
     K, K_p, K_q, K_r, K_pp, K_pq, K_pr, K_qr      (``FIELD_NAMES``, axis 0 of a field array)
@@ -23,9 +24,9 @@ Recursion (``omega = sigma_w^2``; ``c = S``, ``a = v_l(q)``, ``b = v_l(r)``, ``a
     S'_qr   = omega (F22 c_q c_r + F13 c_q b_r / 2 + F31 c_r a_q / 2 + F22 a_q b_r / 4 + F11 c_qr)
     Sdot'   = the same with every moment index raised by (1, 1)
     T'      = S' + Sdot' T         (jets by the product rule; kind "ntk_truncated": T'_* =
-                                    S'_* + Sdot' T_*, i.e. phi'' := 0, math.md §5.9)
+                                    S'_* + Sdot' T_*, i.e. phi'' := 0, docs/math.md §7)
 
-After ``L`` steps every field is multiplied by ``kappa^2``.  Diagonal chain (§5.6):
+After ``L`` steps every field is multiplied by ``kappa^2``.  Diagonal chain (docs/math.md §5.3):
 ``v_1 = omega q / d + sigma_b^2``, ``v_{l+1} = omega V(v_l) + sigma_b^2``,
 ``v'_{l+1} = omega V'(v_l) v'_l`` with ``V(a) = F00(a, a, a)``, ``V'(a) = F11 + F20`` at
 ``(a, a, a)``.
@@ -40,8 +41,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..arch import MLP, check_kind
+from ._activations import ERF, get_activation
 from ._moments import (
-    ACT_CODES,
     ALIGNED,
     ANTIPODAL,
     COLLINEAR_TOL,
@@ -55,7 +56,7 @@ from ._moments import (
 )
 
 FIELD_NAMES = ("K", "K_p", "K_q", "K_r", "K_pp", "K_pq", "K_pr", "K_qr")
-#: Field index under the exchange x <-> x' (K_q <-> K_r, K_pq <-> K_pr; math.md §5.2).
+#: Field index under the exchange x <-> x' (K_q <-> K_r, K_pq <-> K_pr; docs/math.md §4.2).
 FIELD_TRANSPOSE = (0, 1, 3, 2, 4, 6, 5, 7)
 KIND_CODES = {"nngp": 0, "ntk": 1, "ntk_truncated": 2}
 #: Tiles with fewer pairs than this (256 times fewer for quadrature activations, whose pairs
@@ -79,6 +80,7 @@ class Plan:
     sb2: float
     kappa2: float
     h: float  # trapezoid step of quadrature activations (0 for closed forms)
+    closed_form: bool  # the registry's closed_form: scalar tiles take _closed_form_scalar_tile
 
 
 def make_plan(arch: MLP, kind: str, jacobian: bool) -> Plan:
@@ -90,21 +92,22 @@ def make_plan(arch: MLP, kind: str, jacobian: bool) -> Plan:
     only and is shared by all tiles of a Gram matrix.
     """
     check_kind(arch, kind, jacobian)
-    act = ACT_CODES[arch.activation]
+    activation = get_activation(arch.activation)
     return Plan(
-        act,
+        activation.code,
         KIND_CODES[kind],
         arch.depth,
         arch.sigma_w**2,
         arch.sigma_b**2,
         arch.kappa**2,
-        quadrature_step(act),
+        quadrature_step(activation.code),
+        activation.closed_form,
     )
 
 
 @njit(cache=True, parallel=True)
 def _diag_chain(act, depth, omega, sb2, d, q, h):
-    """Per-point variances ``v[i, l] = v_{l+1}(q_i)`` and derivatives ``vp`` (math.md §5.6)."""
+    """Per-point variances ``v[i, l] = v_{l+1}(q_i)`` and derivatives ``vp`` (docs/math.md §5.3)."""
     n = q.shape[0]
     v = np.empty((n, depth))
     vp = np.empty((n, depth))
@@ -139,7 +142,7 @@ def _pair_scalar(act, kind, depth, omega, sb2, p, d, vi, vj, h, F, diag):
 
 @njit(cache=True, inline="always")
 def _gaussian_jets(omega, c, aq, br, m00, m11, m20, m02, m22, m31, m13, out):
-    """Jets of ``omega E[phi^(i) phi^(j)]`` by Price's theorem (math.md §5.5), given the seven
+    """Jets of ``omega E[phi^(i) phi^(j)]`` by Price's theorem (docs/math.md §5.2), given the seven
     moments ``m_ij`` of that product and the jets ``c`` of the layer covariance."""
     cp, cq, cr, cpp, cpq, cpr, cqr = c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     out[0] = omega * m00
@@ -320,7 +323,7 @@ def _relu_layer_row(c, th, u2l, ui, omega, sb2):
 
 @njit(cache=True, parallel=True)
 def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric):
-    """Scalar NNGP/NTK for erf (act 0) or relu (act 1), vectorised along rows.
+    """Scalar NNGP/NTK for erf (``act == ERF``) or relu (otherwise), vectorised along rows.
 
     erf:  with ``u_l = 1/sqrt(1 + 2 v_l)`` per point and ``x = 2 c u_l(i) u_l(j)``:
           ``F00 = 2/pi asin(x)``, ``F11 = 4/pi u_l(i) u_l(j) / sqrt(1 - x^2)``.
@@ -332,8 +335,8 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
     """
     n1, n2 = P.shape
     out = P  # each row reads P[i, j0:] before writing it: the output overwrites P in place
-    u1 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v1) if act == 0 else np.sqrt(v1)).T)
-    u2 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v2) if act == 0 else np.sqrt(v2)).T)
+    u1 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v1) if act == ERF else np.sqrt(v1)).T)
+    u2 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v2) if act == ERF else np.sqrt(v2)).T)
     n_rows = (n1 + 1) // 2 if symmetric else n1
     ntk = kind != 0
     for t in prange(n_rows):
@@ -347,7 +350,7 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
             for layer in range(depth):
                 if symmetric:  # the pair (x_i, x_i): covariance = variance (see _pair_jets)
                     c[i] = v1[i, layer]
-                if act == 0:
+                if act == ERF:
                     _erf_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
                 else:
                     _relu_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
@@ -404,7 +407,7 @@ def _mirror(src, dst):
 
 @dataclass(frozen=True)
 class KernelFields:
-    """The structured representation of a Jacobian-augmented kernel matrix (math.md §5.2).
+    """The structured representation of a Jacobian-augmented kernel matrix (docs/math.md §4.2).
 
     Attributes
     ----------

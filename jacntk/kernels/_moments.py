@@ -1,4 +1,4 @@
-"""Bivariate Gaussian moments of an activation and its derivatives (math.md §5.5–§5.9).
+"""Bivariate Gaussian moments of an activation and its derivatives (docs/math.md §5.1–§5.4, §7.1).
 
 ``F^{ij}(c, a, b) = E[phi^(i)(u) phi^(j)(u')]`` with ``(u, u') ~ N(0, [[a, c], [c, b]])``.
 Price's theorem gives ``d/dc F^{ij} = F^{i+1,j+1}``, ``d/da F^{ij} = F^{i+2,j} / 2`` and
@@ -10,13 +10,18 @@ moments
 * erf: closed forms obtained by Price differentiation of
   ``F00 = 2/pi asin(2c / sqrt((1+2a)(1+2b)))`` and ``F11 = 4 / (pi sqrt(Delta))``,
   ``Delta = (1+2a)(1+2b) - 4c^2`` (always > 0).
-* relu: closed forms with ``cos(theta) = c / sqrt(ab)`` (§5.9); F22, F31, F13 diverge like
+* relu: closed forms with ``cos(theta) = c / sqrt(ab)`` (docs/math.md §7); F22, F31, F13 diverge
+  like
   ``1/sin(theta)`` at ``theta = 0``, which the caller handles (collinear pairs).
 * gelu, tanh, softplus, silu: a 2-D trapezoid rule in the original Gaussian variables with the
   analytic derivative tables of ``phi`` up to order 4 — never autodiff through quadrature.
-  (Tensor Gauss–Hermite, math.md §5.7, was measured here to need > 400 nodes per axis for tanh at
+  (Tensor Gauss–Hermite, docs/math.md §5.4, was measured here to need > 400 nodes per axis for
+  tanh at
   variance 2 and to fail for gelu at variance 25; the trapezoid rule reaches ~1e-14 at every
   variance because the cost adapts to sqrt(variance) / step.)
+
+Which activation takes which route, its integer code and its trapezoid step are read from the
+registry, :mod:`jacntk.kernels._activations` (docs/activations.md).
 """
 
 from __future__ import annotations
@@ -26,9 +31,18 @@ import math
 import numpy as np
 from numba import njit
 
-ACT_CODES = {"erf": 0, "relu": 1, "gelu": 2, "tanh": 3, "softplus": 4, "silu": 5}
-#: Test-only code: erf by quadrature, to measure the quadrature error against the closed forms.
-ERF_BY_QUADRATURE = 100
+from ._activations import ACT_CODES as ACT_CODES  # re-exported: codes come from the registry
+from ._activations import (
+    ERF,
+    ERF_BY_QUADRATURE,
+    GELU,
+    QUADRATURE_STEP,
+    RELU,
+    SILU,
+    SOFTPLUS,
+    TANH,
+)
+
 N_MOMENTS = 10
 # What gaussian_moments returns: a generic pair, or a ReLU pair at theta = 0 or theta = pi.
 GENERIC, ALIGNED, ANTIPODAL = 0, 1, 2
@@ -57,8 +71,10 @@ def _sigmoid(u):
 
 @njit(cache=True)
 def activation_derivatives(act, u, out):
-    """Fill ``out[0..4]`` with ``phi(u), phi'(u), ..., phi''''(u)`` for activation code ``act``."""
-    if act == 2:  # gelu: u * Phi(u)
+    """Fill ``out[0..4]`` with ``phi(u), phi'(u), ..., phi''''(u)`` for activation code ``act``
+    (the smooth activations of :mod:`jacntk.kernels._activations` and ``ERF_BY_QUADRATURE``;
+    NaN for a code without a derivative table)."""
+    if act == GELU:  # u * Phi(u)
         pdf = _INV_SQRT_2PI * math.exp(-0.5 * u * u)
         cdf = 0.5 * math.erfc(-u / math.sqrt(2.0))
         u2 = u * u
@@ -67,7 +83,7 @@ def activation_derivatives(act, u, out):
         out[2] = (2.0 - u2) * pdf
         out[3] = (u2 * u - 4.0 * u) * pdf
         out[4] = (-u2 * u2 + 7.0 * u2 - 4.0) * pdf
-    elif act == 3:  # tanh
+    elif act == TANH:
         t = math.tanh(u)
         s = 1.0 - t * t
         out[0] = t
@@ -75,13 +91,13 @@ def activation_derivatives(act, u, out):
         out[2] = -2.0 * t * s
         out[3] = s * (6.0 * t * t - 2.0)
         out[4] = 8.0 * t * s * (2.0 - 3.0 * t * t)
-    elif act == 4 or act == 5:  # softplus, silu
+    elif act == SOFTPLUS or act == SILU:
         sg = _sigmoid(u)
         g = sg * (1.0 - sg)
         s2 = g * (1.0 - 2.0 * sg)
         s3 = g * (1.0 - 6.0 * sg + 6.0 * sg * sg)
         s4 = s2 * (1.0 - 12.0 * sg + 12.0 * sg * sg)
-        if act == 4:
+        if act == SOFTPLUS:
             out[0] = max(u, 0.0) + math.log1p(math.exp(-abs(u)))
             out[1] = sg
             out[2] = g
@@ -93,13 +109,16 @@ def activation_derivatives(act, u, out):
             out[2] = u * s2 + 2.0 * g
             out[3] = u * s3 + 3.0 * s2
             out[4] = u * s4 + 4.0 * s3
-    else:  # erf (quadrature test path)
+    elif act == ERF or act == ERF_BY_QUADRATURE:
         e = _TWO_OVER_SQRT_PI * math.exp(-u * u)
         out[0] = math.erf(u)
         out[1] = e
         out[2] = -2.0 * u * e
         out[3] = (4.0 * u * u - 2.0) * e
         out[4] = (-8.0 * u * u * u + 12.0 * u) * e
+    else:  # relu, or an activation registered without its derivative table
+        for k in range(5):
+            out[k] = math.nan
 
 
 # fdlibm's rational approximation of asin (e_asin.c), written branch-free so that loops over
@@ -166,7 +185,8 @@ def _erf_moments(c, a, b, order, F):
 
 @njit(cache=True)
 def _relu_moments(c, a, b, order, F):
-    """ReLU closed forms (§5.9).  Returns ``ALIGNED`` (theta = 0) or ``ANTIPODAL`` (theta = pi)
+    """ReLU closed forms (docs/math.md §7).  Returns ``ALIGNED`` (theta = 0) or ``ANTIPODAL``
+    (theta = pi)
     when ``sin(theta)`` vanishes within ``COLLINEAR_TOL``: then F00, F11, F20, F02 hold their
     limits, the rest zeros, and the caller must use the exact collinear recursion, because
     F22, F31, F13 are infinite there; otherwise ``GENERIC``."""
@@ -204,16 +224,13 @@ def _relu_moments(c, a, b, order, F):
 
 #: Truncation of the Gaussian weights at R standard deviations (exp(-R^2/2) ~ 3e-18).
 _R = 9.0
-#: Trapezoid step per activation: the integrands are analytic in a strip |Im u| < delta
-#: (tanh: pi/2; sigmoid family: pi; gelu/erf: entire with Gaussian growth), and the trapezoid
-#: error decays like exp(-2 pi delta / h); these steps give <= 1e-12 relative on every moment
-#: (tanh: <= 2e-11) for variances 0.05..30, measured in tests/test_moments.py.
-QUADRATURE_STEP = {2: 0.3, 3: 0.2, 4: 0.4, 5: 0.3, ERF_BY_QUADRATURE: 0.3}
+# The trapezoid step per activation (QUADRATURE_STEP) is a column of the registry,
+# jacntk/kernels/_activations.py, which states its accuracy.
 
 
 @njit(cache=True)
 def _quadrature_moments(act, c, a, b, order, h, F):
-    """Trapezoid rule in the original variables (math.md §5.7, derivative tables, no autodiff).
+    """Trapezoid rule in the original variables (docs/math.md §5.4, derivative tables, no autodiff).
 
     ``u ~ N(0, a)`` on the grid ``u_k = k h_u`` (``h_u = min(h / max(1, |c/a|), sqrt(a)/2)``,
     ``|u| <= R sqrt(a)``: the inner integral is a function of ``(c/a) u``)
@@ -282,18 +299,19 @@ def gaussian_moments(act, c, a, b, order, h, F):
     """Fill ``F`` (length 10) with the moments needed at ``order``; return ``GENERIC``, or for
     ReLU ``ALIGNED`` / ``ANTIPODAL`` at theta = 0 / pi (see ``_relu_moments``).
 
-    ``act`` is an activation code from ``ACT_CODES``; ``h`` is the trapezoid step of quadrature
-    activations (``QUADRATURE_STEP``; ignored by the closed forms).
+    ``act`` is an activation code from ``ACT_CODES`` (or ``ERF_BY_QUADRATURE``); ``h`` is the
+    trapezoid step of quadrature activations (``QUADRATURE_STEP``; ignored by the closed forms).
     """
-    if act == 0:
+    if act == ERF:
         _erf_moments(c, a, b, order, F)
         return GENERIC
-    if act == 1:
+    if act == RELU:
         return _relu_moments(c, a, b, order, F)
     _quadrature_moments(act, c, a, b, order, h, F)
     return GENERIC
 
 
 def quadrature_step(act: int) -> float:
-    """Trapezoid step for activation code ``act`` (0.0 for closed-form activations)."""
+    """Trapezoid step for activation code ``act`` (0.0 for closed-form activations): the
+    registry's ``quadrature_step``."""
     return QUADRATURE_STEP.get(act, 0.0)

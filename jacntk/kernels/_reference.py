@@ -1,4 +1,4 @@
-"""Plain-NumPy reference of the field recursion (math.md §5.5–§5.7), vectorised over pairs.
+"""Plain-NumPy reference of the field recursion (docs/math.md §5.2–§5.4), vectorised over pairs.
 
 It implements the same mathematics as the Numba tiles of :mod:`jacntk.kernels._fields` without
 sharing
@@ -15,14 +15,26 @@ from scipy.special import expit
 
 from ..arch import MLP, check_kind
 from ..validation import as_pair
-from ._moments import ACT_CODES, COLLINEAR_TOL, QUADRATURE_STEP
+from ._activations import (
+    ERF,
+    ERF_BY_QUADRATURE_STEP,
+    GELU,
+    RELU,
+    SILU,
+    SOFTPLUS,
+    TANH,
+    get_activation,
+)
+from ._moments import COLLINEAR_TOL
 
 _JETS = ("", "p", "q", "r", "pp", "pq", "pr", "qr")
 
 
 def derivatives(activation: str, u: np.ndarray) -> list[np.ndarray]:
-    """``[phi, phi', phi'', phi''', phi'''']`` evaluated elementwise on ``u``."""
-    if activation == "gelu":
+    """``[phi, phi', phi'', phi''', phi'''']`` evaluated elementwise on ``u`` (the NumPy twin of
+    :func:`jacntk.kernels._moments.activation_derivatives`, written independently of it)."""
+    code = get_activation(activation).code
+    if code == GELU:
         pdf = np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi)
         cdf = 0.5 * (1 + _erf(u / np.sqrt(2)))
         return [
@@ -32,29 +44,32 @@ def derivatives(activation: str, u: np.ndarray) -> list[np.ndarray]:
             (u**3 - 4 * u) * pdf,
             (-(u**4) + 7 * u**2 - 4) * pdf,
         ]
-    if activation == "tanh":
+    if code == TANH:
         t = np.tanh(u)
         s = 1 - t * t
         return [t, s, -2 * t * s, s * (6 * t * t - 2), 8 * t * s * (2 - 3 * t * t)]
-    if activation in ("softplus", "silu"):
+    if code in (SOFTPLUS, SILU):
         sg = expit(u)
         ds = [sg, sg * (1 - sg)]
         ds.append(ds[1] * (1 - 2 * sg))
         ds.append(ds[1] * (1 - 6 * sg + 6 * sg**2))
         ds.append(ds[2] * (1 - 12 * sg + 12 * sg**2))
-        if activation == "softplus":
+        if code == SOFTPLUS:
             return [np.logaddexp(0, u)] + ds[:4]
         return [u * ds[0]] + [u * ds[k] + k * ds[k - 1] for k in range(1, 5)]
-    if activation == "erf":
+    if code == ERF:
         e = 2 / np.sqrt(np.pi) * np.exp(-u * u)
         return [_erf(u), e, -2 * u * e, (4 * u * u - 2) * e, (-8 * u**3 + 12 * u) * e]
     raise ValueError(f"no derivative table for {activation!r}")
 
 
 def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.ndarray]:
-    """All ten moments ``F^{ij}(c, a, b)`` (keys ``"00"``, ``"11"``, ..., ``"24"``) on arrays."""
+    """All ten moments ``F^{ij}(c, a, b)`` (keys ``"00"``, ``"11"``, ..., ``"24"``) on arrays
+    (ReLU: the seven finite ones).  ``quadrature``: erf by the trapezoid rule, as the test code
+    ``ERF_BY_QUADRATURE`` of :mod:`jacntk.kernels._moments`."""
     c, a, b = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (c, a, b)))
-    if activation == "erf" and not quadrature:
+    spec = get_activation(activation)
+    if spec.code == ERF and not quadrature:
         A, B = 1 + 2 * a, 1 + 2 * b
         delta = A * B - 4 * c * c
         k = 4 / np.pi
@@ -70,7 +85,7 @@ def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.
             "42": -24 * k * c * B * delta**-2.5,
             "24": -24 * k * c * A * delta**-2.5,
         }
-    if activation == "relu":
+    if spec.code == RELU:
         sab = np.sqrt(a * b)
         det = np.maximum(a * b - c * c, 0.0)
         theta = np.arccos(np.clip(c / sab, -1, 1))
@@ -85,13 +100,14 @@ def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.
                 "31": -c / (2 * np.pi * a * sdet),
                 "13": -c / (2 * np.pi * b * sdet),
             }
-    return _trapezoid_moments(activation, c, a, b)
+    h = ERF_BY_QUADRATURE_STEP if spec.code == ERF else spec.quadrature_step
+    return _trapezoid_moments(activation, c, a, b, h)
 
 
-def _trapezoid_moments(activation: str, c, a, b) -> dict[str, np.ndarray]:
-    """The trapezoid rule of :func:`jacntk.kernels._moments._quadrature_moments`, on arrays of pairs
-    (each pair's grid padded to the largest one, padded nodes weighted zero)."""
-    h = QUADRATURE_STEP[ACT_CODES[activation]]
+def _trapezoid_moments(activation: str, c, a, b, h: float) -> dict[str, np.ndarray]:
+    """The trapezoid rule of :func:`jacntk.kernels._moments._quadrature_moments` with step ``h``,
+    on arrays of pairs (each pair's grid padded to the largest one, padded nodes weighted
+    zero)."""
     R = 9.0
     sa = np.sqrt(a)
     hu = np.minimum(h / np.maximum(1.0, np.abs(c / a)), 0.5 * sa)
@@ -129,6 +145,7 @@ def reference_fields(
     A, B, symmetric = as_pair(X1, X2)
     d = A.shape[1]
     act = arch.activation
+    relu = get_activation(act).code == RELU
     om, sb2 = arch.sigma_w**2, arch.sigma_b**2
     P = A @ B.T
     q1, q2 = np.sum(A * A, axis=1), np.sum(B * B, axis=1)
@@ -155,7 +172,7 @@ def reference_fields(
         aq, br = vp1[layer][:, None], vp2[layer][None, :]
         F = moments(act, S[""], a, b)
         coll = anti = np.zeros(P.shape, bool)
-        if act == "relu":
+        if relu:
             degenerate = a * b - S[""] ** 2 <= COLLINEAR_TOL * a * b
             coll, anti = degenerate & (S[""] > 0), degenerate & (S[""] <= 0)
             F = {k: np.where(degenerate, 0.0, v) for k, v in F.items()}

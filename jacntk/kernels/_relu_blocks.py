@@ -1,9 +1,9 @@
-"""Numerically stable ReLU Jacobian kernels near ``x' = x`` (math.md §0.5, §5.9, §5.10).
+"""Numerically stable ReLU Jacobian kernels near ``x' = x`` (docs/math.md §1.5, §7, §5.6).
 
 For ReLU the eight ``(p, q, r)`` fields of :mod:`jacntk.kernels._fields` contain the moments
 ``F22, F31, F13 ~ 1/sin(theta)``; the Jacobian NNGP block assembled from them is finite, but
 only after a cancellation between divergent terms that loses ``~eps_mach / theta^3`` of
-accuracy (math.md §5.9: 30x wrong at ``|x - x'| ~ 1e-4``).  This module computes the blocks of
+accuracy (docs/math.md §7: 30x wrong at ``|x - x'| ~ 1e-4``).  This module computes the blocks of
 the Jacobian NNGP (``kind="nngp"``) and of the truncated JNTK (``kind="ntk_truncated"``) in a
 basis in which nothing diverges.
 
@@ -33,7 +33,7 @@ complement of ``span{x, x'}`` (whose components are independent of everything el
 
     C^{l+1} = omega (P C + (sin cos k1 k1'^T + sin (k1 n2'^T + n2 k1'^T)
                             - (cos / sin) n2 n2'^T) / (2 pi)) + sigma_b^2 e0 e0^T
-    iota^{l+1} = omega P iota,    A0 <- omega/2 A0 + sigma_b^2 e0  (sign symmetry, §5.9)
+    iota^{l+1} = omega P iota,    A0 <- omega/2 A0 + sigma_b^2 e0  (sign symmetry, docs/math.md §7)
 
 ``n2 = sin(theta) Cov(G, z2)`` is ``O(theta)`` and is computed with absolute error
 ``O(eps_mach)``, so every term is accurate to ``O(eps_mach)`` absolutely for all ``theta``
@@ -47,7 +47,7 @@ The angle itself is tracked without cancellation: with ``J = (sin + (pi - theta)
     a' - b' = alpha (a - b),       theta' = atan2(sqrt(a' b' - c'^2), c'),
 
 starting from ``a1 b1 - c1^2 = (omega/d)^2 |x|^2 |w|^2 + (omega/d) sigma_b^2 |x - x'|^2`` and
-``a1 - b1 = -(omega/d) (x - x') . (x + x')``.  The truncated JNTK (math.md §5.9) is
+``a1 - b1 = -(omega/d) (x - x') . (x + x')``.  The truncated JNTK (docs/math.md §7) is
 ``T^{l+1} = C^{l+1} + omega P T^l`` (3x3 and ``iota`` alike), ``T^1 = C^1``.
 
 ``P`` is evaluated as ``atan2(sqrt(a b - c^2), -c) / (2 pi)``, accurate near ``theta = pi`` too
@@ -66,7 +66,9 @@ Public pieces: :func:`relu_jacobian_kernel` (Numba ``dense_tile``, used by
 :class:`StableBlocks`), :func:`pair_basis`, :func:`stable_recursion`,
 :func:`hidden_angle_sines` (flags the pairs where the fields cancel),
 :func:`relu_pair_matmul` (stable per-pair product, to correct the structured product of
-flagged pairs) and :func:`relu_projected_kernel` (stable projected blocks).
+flagged pairs), :func:`relu_pair_blocks` (stable blocks of listed pairs) and
+:func:`relu_projected_kernel` (stable projected blocks); which pairs are flagged is decided in
+one place, :func:`jacntk.kernels._compute.stable_pairs`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ import numpy as np
 
 from ..arch import MLP, check_kind
 from ..validation import as_pair
+from ._activations import RELU, get_activation
 
 #: Kinds computed here for ReLU with ``jacobian=True`` (the true ReLU JNTK does not exist).
 STABLE_KINDS = ("nngp", "ntk_truncated")
@@ -128,7 +131,7 @@ class StableBlocks:
 
 
 def _check_relu(arch: MLP, kind: str, name: str) -> None:
-    if arch.activation != "relu":
+    if get_activation(arch.activation).code != RELU:
         raise ValueError(f"{name} needs a relu MLP, got activation {arch.activation!r}")
     check_kind(arch, kind, True)
     if kind not in STABLE_KINDS:

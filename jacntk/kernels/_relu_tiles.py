@@ -1,4 +1,4 @@
-"""Numba tiles of the cancellation-free ReLU Jacobian blocks (docs/math.md §6).
+"""Numba tiles of the cancellation-free ReLU Jacobian blocks (docs/math.md §7).
 
 The per-pair recursion of :mod:`jacntk.kernels._relu_blocks` in the pair basis, for
 dense tiles, the structured product and projected augmentation.
@@ -16,6 +16,7 @@ from ..validation import as_pair, as_vector
 from ._relu_blocks import (
     _SERIES_THETA,
     _SIN_FLOOR,
+    _assemble,
     _check_relu,
     pair_basis,
     relu_stable_blocks,
@@ -241,7 +242,7 @@ def relu_jacobian_kernel(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> np.nd
 
     Returns
     -------
-    (n1 (d+1), n2 (d+1)) float64, point-major (math.md §0.3).
+    (n1 (d+1), n2 (d+1)) float64, point-major (docs/math.md §1.3).
     """
     _check_relu(arch, kind, "relu_jacobian_kernel")
     A, B, symmetric = as_pair(X1, X2)
@@ -257,20 +258,74 @@ def relu_jacobian_kernel(arch: MLP, X1, X2=None, *, kind: str = "nngp") -> np.nd
     )
 
 
-def hidden_angle_sines(arch: MLP, X1, X2=None) -> np.ndarray:
+def hidden_angle_sines(arch: MLP, X1, X2=None, *, aligned: bool = False) -> np.ndarray:
     """``min_l sin(theta_l)`` over the hidden layers' input angles of every pair.
 
     ``cos(theta_l) = c_l / sqrt(a_l b_l)`` with ``c_1 = omega p / d + sigma_b^2``,
     ``c_{l+1} = omega F00(c_l, a_l, b_l) + sigma_b^2``, ``a_{l+1} = omega a_l / 2 + sigma_b^2``
-    (math.md §5.9).  Pairs with a small value (near ``x' = x``, near ``x' = -x`` without bias,
+    (docs/math.md §7).  Pairs with a small value (near ``x' = x``, near ``x' = -x`` without bias,
     or any pair a bias makes nearly collinear) are those where the ``(p, q, r)`` fields cancel:
     the field route loses about ``eps_mach / sin^2`` relative accuracy there.  Computed with
-    plain cancellation-prone formulas: good enough to *flag* pairs, not to evaluate them.
+    plain cancellation-prone formulas (absolute error ``~sqrt(eps_mach)`` in the sine): good
+    enough to *flag* pairs, not to evaluate them.
+
+    Parameters
+    ----------
+    aligned : bool
+        If True, ``X1`` and ``X2`` have the same number of points and only the pairs
+        ``(x1_k, x2_k)`` are evaluated.
 
     Returns
     -------
-    (n1, n2) float64 in ``[0, 1]``; 1 where a pre-activation variance is 0 (no angle).
+    (n1, n2) float64 in ``[0, 1]`` (``(n,)`` when ``aligned``); 1 where a pre-activation
+    variance is 0 (no angle).
     """
+    A, B, _ = as_pair(X1, X2)
+    if aligned and A.shape[0] != B.shape[0]:
+        raise ValueError(f"aligned pairs need equally many points, got {A.shape[0]}, {B.shape[0]}")
+    d = A.shape[1]
+    omega, sb2 = arch.sigma_w**2, arch.sigma_b**2
+    qa = omega * np.einsum("ia,ia->i", A, A) / d + sb2
+    qb = omega * np.einsum("ja,ja->j", B, B) / d + sb2
+    if aligned:
+        c = omega * np.einsum("ka,ka->k", A, B) / d + sb2
+        return _angle_sines(c[:, None], qa, qb[:, None], arch.depth, omega, sb2, True)[:, 0]
+    c = omega * (A @ B.T) / d + sb2
+    return _angle_sines(c, qa, qb[None, :], arch.depth, omega, sb2, False)
+
+
+@njit(cache=True, parallel=True)
+def _angle_sines(c, qa, qb, depth, omega, sb2, aligned):  # pragma: no cover - compiled
+    """``min_l sin(theta_l)`` for the first-layer covariances ``c`` (n1, n2) and variances
+    ``qa`` (n1,), ``qb`` (1, n2) or, ``aligned``, (n1, 1) (one pair per row); in place of the
+    NumPy loop of :func:`_angle_sines_reference`."""
+    n1, n2 = c.shape
+    out = np.empty((n1, n2))
+    for i in prange(n1):
+        for j in range(n2):
+            ci = c[i, j]
+            a = qa[i]
+            b = qb[i, 0] if aligned else qb[0, j]
+            smallest = 1.0
+            for _ in range(depth):
+                ab = a * b
+                if ab > 0.0:
+                    cos_t = min(1.0, max(-1.0, ci / math.sqrt(ab)))
+                    sin_t = math.sqrt(max(1.0 - cos_t * cos_t, 0.0))
+                    theta = math.acos(cos_t)
+                else:
+                    cos_t, sin_t, theta = 0.0, 1.0, 0.5 * math.pi
+                smallest = min(smallest, sin_t)
+                ci = omega * math.sqrt(ab) * (sin_t + (math.pi - theta) * cos_t) / (2 * math.pi)
+                ci += sb2
+                a = 0.5 * omega * a + sb2
+                b = 0.5 * omega * b + sb2
+            out[i, j] = smallest
+    return out
+
+
+def _angle_sines_reference(arch: MLP, X1, X2=None) -> np.ndarray:
+    """NumPy reference of :func:`hidden_angle_sines` (all pairs)."""
     A, B, _ = as_pair(X1, X2)
     d = A.shape[1]
     omega, sb2 = arch.sigma_w**2, arch.sigma_b**2
@@ -289,10 +344,46 @@ def hidden_angle_sines(arch: MLP, X1, X2=None) -> np.ndarray:
     return smallest
 
 
+def _check_pairs(rows, cols, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, dtype=np.intp).ravel()
+    cols = np.asarray(cols, dtype=np.intp).ravel()
+    if rows.shape != cols.shape:
+        raise ValueError(f"rows and cols differ in length: {rows.size} vs {cols.size}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n1 or cols.min() < 0 or cols.max() >= n2):
+        raise ValueError(f"pair indices out of range for {n1} x {n2} points")
+    return rows, cols
+
+
+def relu_pair_blocks(arch: MLP, X1, X2, rows, cols, *, kind: str = "nngp") -> np.ndarray:
+    """The stable ``(d+1) x (d+1)`` blocks of the listed pairs ``(x_rows[k], x'_cols[k])``.
+
+    Same numbers as the corresponding blocks of :func:`relu_jacobian_kernel`; cost ``O(d^2)``
+    per listed pair (the per-pair repair of dense blocks assembled from fields).
+
+    Parameters
+    ----------
+    rows, cols : (k,) int arrays of pair indices into X1 and X2 (X2 None: X1)
+
+    Returns
+    -------
+    (k, d+1, d+1) float64; row index from ``x``, column index from ``x'``.
+    """
+    _check_relu(arch, kind, "relu_pair_blocks")
+    A, B, _ = as_pair(X1, X2)
+    rows, cols = _check_pairs(rows, cols, A.shape[0], B.shape[0])
+    d = A.shape[1]
+    if not rows.size:
+        return np.empty((0, d + 1, d + 1))
+    u1, u2, inv = pair_basis(A[rows], B[cols])
+    coef, iso = stable_recursion(arch, kind, inv, d)
+    blocks = _assemble(coef[:, None], iso[:, None], u1, u2[:, None])
+    return blocks[:, :, 0, :]
+
+
 def relu_pair_matmul(arch: MLP, X1, X2, rows, cols, V, *, kind: str = "nngp") -> np.ndarray:
     """``sum_{(i, j) listed} Block(x_i, x'_j) V_j`` from the stable blocks, ``O(d k)`` per pair.
 
-    Meant as the near-collinear correction of the structured product (math.md §5.4): zero the
+    Meant as the near-collinear correction of the structured product (docs/math.md §6.1): zero the
     fields of the listed pairs, run the field product, add this.  With ``y = E^T v`` (``E`` of
     the module docstring), ``Block v = E (C - iota diag(0, 1, 1)) y + iota (0, v_grad)``.
 
@@ -309,12 +400,7 @@ def relu_pair_matmul(arch: MLP, X1, X2, rows, cols, V, *, kind: str = "nngp") ->
     A, B, _ = as_pair(X1, X2)
     n1, d = A.shape
     n2 = B.shape[0]
-    rows = np.asarray(rows, dtype=np.intp).ravel()
-    cols = np.asarray(cols, dtype=np.intp).ravel()
-    if rows.shape != cols.shape:
-        raise ValueError(f"rows and cols differ in length: {rows.size} vs {cols.size}")
-    if rows.size and (rows.min() < 0 or rows.max() >= n1 or cols.min() < 0 or cols.max() >= n2):
-        raise ValueError(f"pair indices out of range for {n1} x {n2} points")
+    rows, cols = _check_pairs(rows, cols, n1, n2)
     V = as_vector(V, n2 * (d + 1), "V")
     vector = V.ndim == 1
     if V.ndim > 2:

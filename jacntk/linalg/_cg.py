@@ -150,6 +150,12 @@ def cg(
     # The recurrence residual decides convergence; the true residual may drift above it by
     # rounding, and a column whose true residual is off by more than 10x has not converged.
     converged = (res <= tol) & (true_res <= 10 * tol)
+    for c in np.flatnonzero((res <= tol) & ~converged):
+        messages.append(
+            f"column {c}: the recurrence residual reached {res[c]:.2e} but the true residual is "
+            f"{true_res[c]:.2e} > 10 tol: rounding limits the attainable accuracy of this "
+            "operator (ill-conditioned); ask for a larger tol or add jitter"
+        )
     if not converged.all() and it >= maxiter:
         messages.append(f"reached maxiter={maxiter}")
     result = SolveResult(

@@ -1,8 +1,9 @@
-"""Gram matrices as linear operators: one protocol, three storage strategies (math.md §4.5, §5.4).
+"""Gram matrices as linear operators: one protocol, three storage strategies
+(docs/math.md §8.6, §6.1).
 
 Every operator here is a :class:`scipy.sparse.linalg.LinearOperator` (``shape``, ``dtype``,
 ``matvec``, ``matmat``, ``@``) for a *symmetric* matrix of ``n_points`` points with a block of
-``block`` rows per point (point-major, math.md §0.3):
+``block`` rows per point (point-major, docs/math.md §1.3):
 
 * ``block == 1``: the scalar NNGP/NTK Gram;
 * ``block == d + 1``: the Jacobian-augmented Gram (value and input gradient per point);
@@ -23,13 +24,13 @@ Implementations
     :func:`jacntk.structured_matmul`, ``O(tile^2 + N d)`` memory;
 ``ScaledGram``
     the symmetric training matrix ``B = D^{1/2} Theta D^{1/2} + jitter I`` with
-    ``D = I_N (x) diag(1, lam, ..., lam)`` (math.md §4.4) around any of the above.
+    ``D = I_N (x) diag(1, lam, ..., lam)`` (docs/math.md §8.2) around any of the above.
 
 ``CrossGram`` is the rectangular test-by-train product ``Theta(X_test, X) V`` used by predictions.
 
 Besides the product, an operator can describe its diagonal blocks (``diagonal_blocks``), and the
 full-augmentation operators their diagonal *fields* (``diagonal_fields``), from which the
-block-Jacobi preconditioner of :mod:`jacntk.linalg` inverts each block in O(d) (math.md §5.3).
+block-Jacobi preconditioner of :mod:`jacntk.linalg` inverts each block in O(d) (docs/math.md §6.2).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from numba import njit, prange
 from scipy.sparse.linalg import LinearOperator
 
 from ..arch import MLP
-from ..kernels._blocks import augment, projected_kernel, structured_matmul
-from ..kernels._compute import compute_tile
+from ..kernels._blocks import projected_kernel, structured_matmul
+from ..kernels._compute import RoutedFields, compute_tile, route_fields, routed_diagonal_blocks
 from ..kernels._fields import make_plan, transpose_fields
+from ..options import DEFAULT_TILE
 from ..validation import as_points
 
 
@@ -61,22 +63,32 @@ def _as_columns(V: np.ndarray, rows: int) -> np.ndarray:
     return V
 
 
-def tile_product(tile_data: np.ndarray, X1, X2, V, directions=None) -> np.ndarray:
+def tile_product(tile_data, X1, X2, V, directions=None, route=None) -> np.ndarray:
     """One tile of a Gram matrix times ``V``.
 
     Parameters
     ----------
-    tile_data : (n1, n2) scalar kernel, or (8, n1, n2) fields
+    tile_data : (n1, n2) scalar kernel, (8, n1, n2) fields, or RoutedFields
     X1 : (n1, d); X2 : (n2, d)
     V : (n2 * b, k), with ``b = 1`` (scalar), ``d + 1`` (fields) or ``1 + p`` (fields with
         ``directions``)
     directions : tuple (U1, U2) of (n1, p, d), (n2, p, d), optional
         Projected augmentation (:func:`jacntk.projected_kernel`).
+    route : tuple (arch, kind), optional
+        The architecture and kind of field tiles: their near-collinear pairs are routed by
+        :func:`jacntk.kernels._compute.route_fields` (the numbers of ``jacntk.kernel``).
+        Without it field tiles are multiplied as they are.
 
     Returns
     -------
     (n1 * b, k)
     """
+    if isinstance(tile_data, np.ndarray) and tile_data.ndim == 3 and route is not None:
+        tile_data = route_fields(route[0], route[1], tile_data, X1, X2)
+    if isinstance(tile_data, RoutedFields):
+        if directions is not None:
+            return tile_data.projected(directions[0], directions[1]) @ V
+        return tile_data.matmul(V)
     if tile_data.ndim == 2:
         return tile_data @ V
     if directions is not None:
@@ -161,15 +173,19 @@ def _scalar_symmetric_product(tiles, slices, V: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(outt.T)
 
 
-def symmetric_product(tiles, slices, points, block: int, V, directions=None) -> np.ndarray:
+def symmetric_product(
+    tiles, slices, points, block: int, V, directions=None, route=None
+) -> np.ndarray:
     """``G V`` for a symmetric Gram given by its upper tiles.
 
-    ``tiles`` yields ``(i, j, data)`` for ``i <= j`` (scalar ``(ti, tj)`` or fields
-    ``(8, ti, tj)``); tile ``(j, i)`` is applied as the transpose (``transpose_fields`` for
-    fields), so each upper tile is used twice: ``y_i += T_ij V_j``, ``y_j += T_ij^T V_i``.
-    ``slices[i]`` are the point indices of tile ``i``; ``points`` (N, d) are needed for fields.
-    Scalar tiles may be float32 (a float32 store): they are read once, in their own precision,
-    and the sums are accumulated in float64.
+    ``tiles`` yields ``(i, j, data)`` for ``i <= j`` (scalar ``(ti, tj)``, fields
+    ``(8, ti, tj)`` or ``RoutedFields``); tile ``(j, i)`` is applied as the transpose
+    (``transpose_fields`` for fields), so each upper tile is used twice: ``y_i += T_ij V_j``,
+    ``y_j += T_ij^T V_i``.  ``slices[i]`` are the point indices of tile ``i``; ``points``
+    (N, d) are needed for fields.  ``route = (arch, kind)`` routes the pairs of field tiles
+    (:func:`jacntk.kernels._compute.route_fields`, decided once per upper tile).  Scalar tiles
+    may be float32 (a float32 store): they are read once, in their own precision, and the sums
+    are accumulated in float64.
     """
     if block == 1 and directions is None:
         return _scalar_symmetric_product(tiles, slices, V)
@@ -185,9 +201,14 @@ def symmetric_product(tiles, slices, points, block: int, V, directions=None) -> 
         si, sj = slices[i], slices[j]
         ri = slice(si.start * block, si.stop * block)
         rj = slice(sj.start * block, sj.stop * block)
+        if isinstance(data, np.ndarray) and data.ndim == 3 and route is not None:
+            data = route_fields(route[0], route[1], data, pts(si), pts(sj))
         out[ri] += tile_product(data, pts(si), pts(sj), V[rj], dirs(si, sj))
         if j != i:
-            dataT = data.T if data.ndim == 2 else transpose_fields(data)
+            if isinstance(data, RoutedFields):
+                dataT = data.transpose()
+            else:
+                dataT = data.T if data.ndim == 2 else transpose_fields(data)
             out[rj] += tile_product(dataT, pts(sj), pts(si), V[ri], dirs(sj, si))
     return out
 
@@ -289,7 +310,7 @@ class StructuredGram(GramOperator):
         kind: str = "ntk",
         jacobian: bool = True,
         directions=None,
-        tile: int = 1024,
+        tile: int = DEFAULT_TILE,
         cache: bool = False,
     ):
         X = as_points(X, "X")
@@ -314,13 +335,17 @@ class StructuredGram(GramOperator):
         self.tiles = _tiles(n, tile)
         self.cache = {} if cache else None
 
-    def tile_data(self, i: int, j: int) -> np.ndarray:
-        """Scalar kernel (ti, tj) or fields (8, ti, tj) of tiles ``i <= j``."""
+    def tile_data(self, i: int, j: int):
+        """Tile ``i <= j``: the scalar kernel (ti, tj), or for the Jacobian Gram its fields
+        with the routing of :func:`jacntk.kernels._compute.route_fields` attached
+        (``RoutedFields``: near-collinear ReLU pairs come from the stable route)."""
         if self.cache is not None and (i, j) in self.cache:
             return self.cache[i, j]
         A = self.points[self.tiles[i]]
         B = None if i == j else self.points[self.tiles[j]]
         data = compute_tile(self.arch, A, B, kind=self.kind, jacobian=self.jacobian, plan=self.plan)
+        if self.jacobian:
+            data = route_fields(self.arch, self.kind, data, A, B)
         if self.cache is not None:
             self.cache[i, j] = data
         return data
@@ -331,39 +356,26 @@ class StructuredGram(GramOperator):
         upper = ((i, j, self.tile_data(i, j)) for i in range(n_t) for j in range(i, n_t))
         return symmetric_product(upper, self.tiles, self.points, self.block, V, self.directions)
 
-    def _diagonal_tiles(self, chunk: int = 64):
-        """``(slice, data)`` of small symmetric tiles along the diagonal (whose own diagonals
-        are the diagonal pairs): O(N chunk) pairs in N / chunk calls."""
+    def _diagonal_fields(self, chunk: int = 64) -> np.ndarray:
+        """Fields (8, N) (or the scalar kernel (N,)) of the diagonal pairs ``(x_i, x_i)``, from
+        small symmetric tiles along the diagonal: O(N chunk) pairs in N / chunk calls."""
+        F = np.empty((8, self.n_points) if self.jacobian else (self.n_points,))
         for s in range(0, self.n_points, chunk):
             sl = slice(s, min(self.n_points, s + chunk))
             data = compute_tile(
                 self.arch, self.points[sl], kind=self.kind, jacobian=self.jacobian, plan=self.plan
             )
-            yield sl, data
+            idx = np.arange(sl.stop - sl.start)
+            F[..., sl] = data[..., idx, idx]
+        return F
 
     def diagonal_fields(self):
         if not self.jacobian or self.directions is not None:
             return None
-        F = np.empty((8, self.n_points))
-        for sl, data in self._diagonal_tiles():
-            idx = np.arange(sl.stop - sl.start)
-            F[:, sl] = data[:, idx, idx]
-        return F, self.points
+        return self._diagonal_fields(), self.points
 
     def diagonal_blocks(self) -> np.ndarray:
-        n, b = self.n_points, self.block
-        out = np.empty((n, b, b))
-        for sl, data in self._diagonal_tiles():
-            for k in range(sl.stop - sl.start):
-                i = sl.start + k
-                x = self.points[i : i + 1]
-                if data.ndim == 2:
-                    out[i] = data[k, k]
-                    continue
-                F = data[:, k : k + 1, k : k + 1]
-                if self.directions is not None:
-                    U = self.directions[i : i + 1]
-                    out[i] = projected_kernel(F, x, x, U, U)
-                else:
-                    out[i] = augment(F, x)
-        return out
+        F = self._diagonal_fields()
+        if not self.jacobian:
+            return F[:, None, None].copy()
+        return routed_diagonal_blocks(self.arch, self.kind, F, self.points, self.directions)

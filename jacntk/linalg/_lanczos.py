@@ -1,5 +1,5 @@
 """Lanczos with full reorthogonalisation: ``f(A) v`` for many functions in one basis,
-the training filters of docs/math.md §5 and extreme eigenvalues."""
+the training filters of docs/math.md §8.2 and extreme eigenvalues."""
 
 from __future__ import annotations
 
@@ -29,15 +29,35 @@ def exp_function(c: float, t: float) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def phi_function(c: float, t: float) -> Callable[[np.ndarray], np.ndarray]:
-    """``s -> phi_t(s) = (1 - exp(-c t s)) / s`` (``= c t`` at s = 0; math.md §4.4)."""
+    """``s -> phi_t(s) = (1 - exp(-c t s)) / s`` (``= c t`` at s = 0; docs/math.md §8.2)."""
     if math.isinf(t):
         raise ValueError("phi_inf is the pseudo-inverse: solve with cg instead of Lanczos")
     return lambda s: c * t * _phi1(c * t * np.asarray(s))
 
 
+def pseudo_inverse_filter(w: np.ndarray) -> np.ndarray:
+    """``phi_inf`` on a computed spectrum: ``1 / w`` where ``w > n eps max(w, 0)``, else 0.
+
+    The one cutoff of every dense pseudo-inverse in jacntk (the ``t = inf`` solve of a
+    semi-definite ``B`` and the predictive covariance): eigenvalues within the rounding error of
+    an ``n x n`` symmetric eigendecomposition (``n eps lambda_max``) are treated as zero.
+
+    Parameters
+    ----------
+    w : (n,) eigenvalues of a symmetric positive semi-definite matrix (any order)
+
+    Returns
+    -------
+    (n,) ``filter(w)``
+    """
+    w = np.asarray(w, dtype=np.float64)
+    keep = w > w.size * np.finfo(np.float64).eps * max(float(w.max(initial=0.0)), 0.0)
+    return np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+
+
 def psi_function(c: float, k: int) -> Callable[[np.ndarray], np.ndarray]:
     """``s -> psi_k(s) = (1 - (1 - c s)^k) / s`` (``= c k`` at s = 0): ``k`` steps of gradient
-    descent (math.md §4.4)."""
+    descent (docs/math.md §8.2)."""
 
     def f(s):
         z = c * np.asarray(s, dtype=np.float64)

@@ -11,7 +11,7 @@ from ._protocol import _operator
 
 
 class BlockJacobi(LinearOperator):
-    """Exact inverse of the per-point diagonal blocks of a Gram operator (math.md §5.3).
+    """Exact inverse of the per-point diagonal blocks of a Gram operator (docs/math.md §6.2).
 
     Two representations:
 
@@ -90,7 +90,7 @@ def block_jacobi(A) -> BlockJacobi:
     """Block-Jacobi preconditioner of a Gram operator: the inverse of its per-point diagonal
     blocks.
 
-    Uses the O(d)-per-point structured inverse (math.md §5.3) when ``A`` (or the operator
+    Uses the O(d)-per-point structured inverse (docs/math.md §6.2) when ``A`` (or the operator
     ``A`` wraps, for :class:`jacntk.ScaledGram`) exposes the diagonal fields of a full
     augmentation; otherwise inverts ``A.diagonal_blocks()`` by batched Cholesky.
 

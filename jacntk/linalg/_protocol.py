@@ -1,14 +1,17 @@
-"""Krylov solvers written once against the operator protocol of :mod:`jacntk.linalg`.
+"""The operator protocol the solvers of :mod:`jacntk.linalg` are written against: any
+``scipy.sparse.linalg.LinearOperator`` (or an array, wrapped here) with ``matmat``; plus
+:class:`ConvergenceWarning`.  The solvers built on it (in ``_cg.py``, ``_preconditioners.py`` and
+``_lanczos.py``):
 
 * ``cg``: preconditioned conjugate gradients for many right-hand sides at once (one ``matmat``
   per iteration for all unconverged columns), with diagnostics: iterations, the residual history,
   the jitter of the operator, and warnings on stagnation, loss of positive definiteness or NaN.
 * preconditioners: ``block_jacobi`` (exact inverse of each point's diagonal block; O(d) per point
-  for full augmentation, math.md §5.3) and ``nystrom`` (randomised rank-k Nystrom).
+  for full augmentation, docs/math.md §6.2) and ``nystrom`` (randomised rank-k Nystrom).
 * ``lanczos_functions``: ``f(A) v`` for many functions ``f`` (e.g. ``exp(-c t s)`` at many times
   ``t``) in one Krylov basis with full reorthogonalisation, an a-posteriori error estimate per
   function, and stopping when every function has converged.  ``lanczos_expm``, ``lanczos_phi``,
-  ``lanczos_psi`` are the training-dynamics filters of math.md §4.4.
+  ``lanczos_psi`` are the training-dynamics filters of docs/math.md §8.2.
 * ``extreme_eigenvalues``: Ritz estimates of the smallest and largest eigenvalue.
 """
 

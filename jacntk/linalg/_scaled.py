@@ -1,6 +1,6 @@
 """Operators composed from others: ``D^{1/2} A D^{1/2}`` and cross Grams.
 
-``ScaledGram`` is the regularised training operator of docs/math.md §5; ``CrossGram``
+``ScaledGram`` is the regularised training operator of docs/math.md §8.2; ``CrossGram``
 the test-by-train kernel applied to coefficients.
 """
 
@@ -13,6 +13,7 @@ from ..arch import MLP
 from ..kernels._blocks import structured_matmul
 from ..kernels._compute import compute_tile
 from ..kernels._fields import make_plan
+from ..options import DEFAULT_TILE
 from ..validation import as_pair
 from ._gram import GramOperator, _as_columns, _tiles
 
@@ -27,7 +28,7 @@ def scaling_vector(n_points: int, block: int, lam: float) -> np.ndarray:
 class ScaledGram(GramOperator):
     """``B = D^{1/2} A D^{1/2} + jitter I`` with ``D = I_N (x) diag(1, lam, ..., lam)``.
 
-    This is the symmetric form of the Jacobian-regularised training ODE (math.md §4.4):
+    This is the symmetric form of the Jacobian-regularised training ODE (docs/math.md §8.2):
     ``Theta D`` is similar to ``B``.  For ``block == 1`` (scalar Gram) ``D = I``.
 
     Parameters
@@ -36,7 +37,7 @@ class ScaledGram(GramOperator):
     lam : float
         Jacobian regularisation ``lam >= 0``.
     jitter : float
-        Explicit ridge ``epsilon >= 0`` (reported by every solve, math.md §4.5).
+        Explicit ridge ``epsilon >= 0`` (reported by every solve, docs/math.md §8.6).
     """
 
     def __init__(self, base: GramOperator, lam: float = 1.0, jitter: float = 0.0):
@@ -83,7 +84,7 @@ class CrossGram(LinearOperator):
         kind: str = "ntk",
         gradients: bool = True,
         jacobian_columns: bool = False,
-        tile: int = 1024,
+        tile: int = DEFAULT_TILE,
     ):
         A, B, _ = as_pair(X_test, X_train, ("X_test", "X_train"))
         self.arch, self.kind, self.X_test, self.X_train = arch, kind, A, B
@@ -122,7 +123,7 @@ class CrossGram(LinearOperator):
                     padded = np.zeros((B.shape[0], d1, V.shape[1]))
                     padded[:, 0] = Vj
                     Vj = padded.reshape(B.shape[0] * d1, -1)
-                acc += structured_matmul(data, A, B, Vj)
+                acc += structured_matmul(data, A, B, Vj, arch=self.arch, kind=self.kind)
             if not self.gradients and self.fields:
                 acc = acc.reshape(-1, d1, V.shape[1])[:, 0]
             out[si.start * self.rows_per : si.stop * self.rows_per] = acc

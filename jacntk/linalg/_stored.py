@@ -1,14 +1,17 @@
 """The Gram matrix of a Zarr store as an operator, streamed tile by tile.
 
 Tiles are read from the store (and cached while memory allows); the symmetric half
-is multiplied twice, once transposed.
+is multiplied twice, once transposed.  A Jacobian store holds the eight fields; the pairs
+that :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where the
+fields cancel) are repaired from the store's own inputs ``X``, so the operator has the numbers
+of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels._blocks import augment
+from ..kernels._compute import route_fields, routed_diagonal_blocks
 from ._gram import GramOperator, _as_columns, symmetric_product, tile_product
 
 
@@ -30,6 +33,7 @@ def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.n
     X = np.asarray(store.points) if store.jacobian and not values_only else None
     b = store.d + 1 if store.jacobian and not values_only else 1
     si = store.tile_slice(i)
+    route = None if X is None else (store.arch, store.kind)
     out = None
     for j in range(store.n_tiles):
         sj = store.tile_slice(j)
@@ -41,6 +45,7 @@ def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.n
             None if X is None else X[si],
             None if X is None else X[sj],
             V[sj.start * b : sj.stop * b],
+            route=route,
         )
         out = part if out is None else out + part
     return out
@@ -69,7 +74,8 @@ class StoredGram(GramOperator):
     Notes
     -----
     A scalar store gives block 1, a Jacobian store block d+1 (point-major), the product of each
-    field tile through :func:`jacntk.structured_matmul`.
+    field tile through :func:`jacntk.structured_matmul` with its routed pairs (module
+    docstring) repaired by the stable ReLU route.
     """
 
     def __init__(
@@ -105,7 +111,7 @@ class StoredGram(GramOperator):
 
     def _upper_tiles(self):
         """Upper tiles ``(i, j, data)``, read once into memory (scalar tiles in the stored
-        dtype, fields as float64)."""
+        dtype, fields as float64 with their routing attached: ``RoutedFields``)."""
         if self._cache is None:
             n_t = self.store.n_tiles
             cache = []
@@ -115,7 +121,13 @@ class StoredGram(GramOperator):
                         data = self.store.upper_tile(i, j)
                     else:
                         data = np.asarray(self.store.tile_block(i, j), dtype=np.float64)
-                        data = data[0] if self.values_only else data
+                        if self.values_only:
+                            data = data[0]
+                        else:
+                            si, sj = self.store.tile_slice(i), self.store.tile_slice(j)
+                            data = route_fields(
+                                self.arch, self.kind, data, self.points[si], self.points[sj]
+                            )
                     cache.append((i, j, data))
             self._cache = cache
         return self._cache
@@ -127,7 +139,7 @@ class StoredGram(GramOperator):
             points = None if self.values_only else self.points
             return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
         if self.client is None and not (self.values_only and self.store.jacobian):
-            return self.store.matvec(V)  # each upper tile read once, used twice
+            return self.store.matvec(V)  # each upper tile read once, used twice (and routed)
         if self.client is None:
             parts = [
                 _stored_row_product(self.store, i, V, self.values_only)
@@ -145,29 +157,25 @@ class StoredGram(GramOperator):
             del fut
         return np.concatenate(parts, axis=0)
 
+    def _diagonal(self) -> np.ndarray:
+        """The stored diagonal pairs: fields (8, n), or the values (n,) for block 1."""
+        parts = []
+        for i in range(self.store.n_tiles):
+            si = self.store.tile_slice(i)
+            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
+            if data.ndim == 3 and self.values_only:
+                data = data[0]
+            idx = np.arange(si.stop - si.start)
+            parts.append(data[..., idx, idx])
+        return np.concatenate(parts, axis=-1)
+
     def diagonal_fields(self):
         if self.values_only:
             return None
-        F = np.empty((8, self.n_points))
-        for i in range(self.store.n_tiles):
-            si = self.store.tile_slice(i)
-            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
-            idx = np.arange(si.stop - si.start)
-            F[:, si] = data[:, idx, idx]
-        return F, self.points
+        return self._diagonal(), self.points
 
     def diagonal_blocks(self) -> np.ndarray:
-        out = np.empty((self.n_points, self.block, self.block))
-        for i in range(self.store.n_tiles):
-            si = self.store.tile_slice(i)
-            data = np.asarray(self.store.tile_block(i, i), dtype=np.float64)
-            idx = np.arange(si.stop - si.start)
-            if data.ndim == 3 and self.values_only:
-                data = data[0]
-            if data.ndim == 2:
-                out[si, 0, 0] = data[idx, idx]
-            else:
-                for k in idx:
-                    x = self.points[si.start + k : si.start + k + 1]
-                    out[si.start + k] = augment(data[:, k : k + 1, k : k + 1], x)
-        return out
+        F = self._diagonal()
+        if self.values_only:
+            return F[:, None, None].copy()
+        return routed_diagonal_blocks(self.arch, self.kind, F, self.points)

@@ -27,9 +27,9 @@ import numpy as np
 from ..arch import MLP, check_kind
 from ..kernels._compute import compute_tile
 from ..kernels._fields import Plan, make_plan
+from ..options import DEFAULT_TILE
 from ..validation import as_points
 from ._format import (
-    DEFAULT_TILE,
     check_dtype,
     check_tile,
     compare_attributes,
@@ -259,7 +259,7 @@ def assemble(
         Local path or fsspec URL of the store (created, resumed, or refused: see below).
     kind : {"ntk", "nngp", "ntk_truncated"}
     jacobian : bool
-        Store the eight coefficient fields (as six arrays, math.md §5.2) instead of the
+        Store the eight coefficient fields (as six arrays, docs/math.md §4.2) instead of the
         scalar Gram; Jacobian blocks are then materialised on query.
     tile : int, optional
         Tile edge = chunk edge; default: the existing store's, else ``DEFAULT_TILE``.

@@ -11,7 +11,7 @@ attributes (``group.attrs["jacntk"]``).  For ``n`` points in ``d`` dimensions an
     K              (n, n) dtype, chunks (t, t): scalar Gram (or the field K of a Jacobian store)
     K_p, K_pp, K_qr   (Jacobian stores) further self-transposed fields, like K
     K_q, K_pq         (Jacobian stores) written in full (both triangles):
-                      K_r = K_q^T and K_pr = K_pq^T (math.md §5.2, ``FIELD_TRANSPOSE``)
+                      K_r = K_q^T and K_pr = K_pq^T (docs/math.md §4.2, ``FIELD_TRANSPOSE``)
     manifest       (n_tiles, n_tiles, n_fields, 32) uint8, chunks (1, 1, n_fields, 32):
                    sha256 of every field of tile (I, J), I <= J (values in the stored dtype,
                    C order; ``FIELD_NAMES`` order for Jacobian stores); all zeros = not done
@@ -39,8 +39,6 @@ from ..kernels._fields import FIELD_NAMES
 
 FORMAT = "jacntk-gram"
 FORMAT_VERSION = 1
-#: Tile edge used when none is given (a float64 chunk of 8 MiB).
-DEFAULT_TILE = 1024
 DTYPES = ("float64", "float32")
 #: Fields kept by a Jacobian store; K_r and K_pr are the transposes of K_q and K_pq.
 STORED_FIELDS = ("K", "K_p", "K_q", "K_pp", "K_pq", "K_qr")

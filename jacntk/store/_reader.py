@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arch import MLP
-from ..kernels._compute import compute_tile
+from ..kernels._compute import compute_tile, route_fields, routed_diagonal_blocks
 from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
 from ..validation import as_vector
 from ._format import (
@@ -194,7 +194,10 @@ class GramStore:
         -------
         (len(rows), len(cols)) float64, or with ``jacobian=True`` (Jacobian stores only) the
         point-major augmented block ``(len(rows)*(d+1), len(cols)*(d+1))``, materialised with
-        :func:`jacntk.augment` from the gathered eight fields and the inputs.
+        :func:`jacntk.augment` from the gathered eight fields and the inputs; the pairs that
+        :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where
+        the fields cancel) are recomputed from the stored inputs by the stable ReLU route, so
+        the blocks are those of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
         """
         if jacobian and not self.jacobian:
             raise ValueError(
@@ -206,10 +209,8 @@ class GramStore:
         F = self._gather(r, c, fields=jacobian)
         if not jacobian:
             return F
-        from ..kernels._blocks import augment
-
         X = self.points
-        return augment(F, X[r], X[c])
+        return route_fields(self.arch, self.kind, F, X[r], X[c]).dense()
 
     def _gather(self, r: np.ndarray, c: np.ndarray, fields: bool) -> np.ndarray:
         """Entries (or all eight fields) at rows ``r`` x cols ``c``, tile by tile."""
@@ -239,8 +240,10 @@ class GramStore:
         """Diagonal: (n,) float64, or with ``jacobian=True`` the diagonal of the augmented
         matrix, (n(d+1),) point-major.
 
-        The augmented diagonal of point ``x`` (math.md §5.2, x = x') is ``K`` for the value and
-        ``K_p + (K_pp + 2 K_pq + 2 K_pr + 4 K_qr) x_a^2`` for coordinate ``a``.
+        The augmented diagonal of point ``x`` (docs/math.md §4.2, x = x') is ``K`` for the value and
+        ``K_p + (K_pp + 2 K_pq + 2 K_pr + 4 K_qr) x_a^2`` for coordinate ``a``; diagonal pairs
+        that :func:`jacntk.kernels._compute.stable_pairs` routes (all of them for the ReLU
+        kinds) come from the stable ReLU route (:func:`routed_diagonal_blocks`).
         """
         if jacobian and not self.jacobian:
             raise ValueError(f"{self.location.url} holds a scalar Gram: no Jacobian diagonal")
@@ -253,18 +256,15 @@ class GramStore:
             [np.diagonal(self.tile_block(i, i), axis1=1, axis2=2) for i in range(self.n_tiles)],
             axis=1,
         )  # (8, n)
-        K, Kp, Kq, Kr, Kpp, Kpq, Kpr, Kqr = F
-        X2 = self.points**2
-        out = np.empty((self.n, self.d + 1))
-        out[:, 0] = K
-        out[:, 1:] = Kp[:, None] + (Kpp + 2 * Kpq + 2 * Kpr + 4 * Kqr)[:, None] * X2
-        return out.reshape(-1)
+        blocks = routed_diagonal_blocks(self.arch, self.kind, F, self.points)
+        return np.diagonal(blocks, axis1=1, axis2=2).reshape(-1)
 
     def matvec(self, v) -> np.ndarray:
         """Gram (or augmented Gram) times ``v``, streaming one stored tile at a time.
 
         ``v`` is ``(n,)``/``(n, k)`` for a scalar store, ``(n(d+1),)``/``(n(d+1), k)``
-        point-major for a Jacobian store (products by :func:`jacntk.structured_matmul`).
+        point-major for a Jacobian store (products by :func:`jacntk.structured_matmul`, the
+        routed pairs repaired from the inputs as in :meth:`block`).
         Each upper tile ``T_IJ`` is read once and used twice: ``y_I += T_IJ v_J`` and, for
         ``I < J``, ``y_J += T_IJ^T v_I``.  Accumulates in float64.
         """
@@ -282,7 +282,12 @@ class GramStore:
         )
         slices = [self.tile_slice(i) for i in range(self.n_tiles)]
         y = symmetric_product(
-            tiles, slices, self.points if jac else None, self.d + 1 if jac else 1, V
+            tiles,
+            slices,
+            self.points if jac else None,
+            self.d + 1 if jac else 1,
+            V,
+            route=(self.arch, self.kind) if jac else None,
         )
         return y.reshape(v.shape)
 

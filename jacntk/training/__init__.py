@@ -1,18 +1,34 @@
 """Training dynamics of the infinite-width network: the training system, coefficients,
-predictions and the scikit-learn-style estimator."""
+predictions and the scikit-learn-style estimator, with their options as data
+(:class:`SolverOptions`, :class:`OperatorOptions`)."""
 
-from ._coefficients import Coefficients, solve_coefficients
+from ..options import OperatorOptions, SolverOptions, resolve_options
+from ._coefficients import Coefficients, SolveDiagnostics, solve_coefficients
 from ._estimator import KernelRegressor
-from ._predict import Prediction, max_stable_learning_rate, predict
-from ._system import TrainingSystem, training_system
+from ._predict import (
+    Prediction,
+    cross_product,
+    max_stable_learning_rate,
+    predict,
+    training_predictions,
+)
+from ._system import TrainingSystem, initial_outputs, training_residual, training_system
 
 __all__ = [
     "Coefficients",
     "KernelRegressor",
+    "OperatorOptions",
     "Prediction",
+    "SolveDiagnostics",
+    "SolverOptions",
     "TrainingSystem",
+    "cross_product",
+    "initial_outputs",
     "max_stable_learning_rate",
     "predict",
+    "resolve_options",
     "solve_coefficients",
+    "training_predictions",
+    "training_residual",
     "training_system",
 ]

@@ -1,20 +1,113 @@
 """Coefficients of the trained network: ``phi_t(B) D^{1/2} (Y - F_0)`` by Cholesky,
-CG or Lanczos (docs/math.md §5)."""
+CG or Lanczos (docs/math.md §8.2)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..linalg._cg import cg
-from ..linalg._lanczos import lanczos_functions, phi_function, psi_function
+from ..linalg._cg import SolveResult, cg
+from ..linalg._lanczos import (
+    lanczos_functions,
+    phi_function,
+    pseudo_inverse_filter,
+    psi_function,
+)
 from ..linalg._preconditioners import block_jacobi, nystrom
 from ..linalg._protocol import ConvergenceWarning
 from ..linalg._scaled import ScaledGram
+from ..options import UNSET, SolverOptions, resolve_options
 from ._system import THREADED_CHOLESKY_LIMIT, TrainingSystem
+
+
+@dataclass(frozen=True)
+class SolveDiagnostics:
+    """What a solve did: the system's constants and a summary of every solver run.
+
+    Attributes
+    ----------
+    c : float
+        Time scale ``learning_rate / N`` of the filters.
+    jitter : float
+        Ridge ``epsilon`` on ``B``.
+    operator : str
+        ``"dense"``, ``"structured"`` or ``"stored"``.
+    solver : str or None
+        The ``t = inf`` solve: ``"cholesky"``, ``"eigh (pseudo-inverse)"`` (dense ``B``) or
+        ``"cg"``; None when no time is infinite.
+    lanczos : tuple of str
+        Summary of the Lanczos run of the finite times (empty when there are none).
+    ritz_max : float or None
+        Largest Ritz value of ``B`` seen by Lanczos (None without finite times).
+    cg : str or None
+        Summary of the CG run at ``t = inf`` (None when CG did not run).
+    cg_result : SolveResult or None
+        CG's full result (iterates, residual histories); not part of :meth:`as_dict`.
+    solver_options : SolverOptions
+        The options the solve ran with.
+
+    Notes
+    -----
+    Read-only mapping access (``diagnostics["c"]``, ``"cg" in diagnostics``, ``.get``,
+    ``.keys()``, ``.items()``) is kept for code written against the former dict: its keys are
+    the attributes that are set (not None), ``solver_options`` aside.
+    """
+
+    c: float
+    jitter: float
+    operator: str
+    solver: str | None = None
+    lanczos: tuple[str, ...] = ()
+    ritz_max: float | None = None
+    cg: str | None = None
+    cg_result: SolveResult | None = field(default=None, compare=False, repr=False)
+    solver_options: SolverOptions = field(default_factory=SolverOptions)
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict of the attributes that are set, without ``cg_result`` (its summary is
+        ``cg``); ``solver_options`` as a nested dict (an operator preconditioner as its repr)."""
+        out = {name: value for name, value in self.items() if name != "cg_result"}
+        out["lanczos"] = list(self.lanczos)
+        out["solver_options"] = {
+            f.name: _json_value(getattr(self.solver_options, f.name)) for f in fields(SolverOptions)
+        }
+        return out
+
+    # ---- read-only mapping view (the former diagnostics dict) -------------------------------
+
+    def keys(self) -> list[str]:
+        return [
+            f.name
+            for f in fields(self)
+            if f.name != "solver_options" and getattr(self, f.name) is not None
+        ]
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(name, getattr(self, name)) for name in self.keys()]
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self else default
+
+    def __getitem__(self, key: str):
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+def _json_value(value):
+    return value if value is None or isinstance(value, (str, int, float)) else repr(value)
 
 
 def _preconditioner(B: ScaledGram, preconditioner, rank: int):
@@ -40,12 +133,12 @@ class Coefficients:
     ----------
     times : (T,) times (``steps`` * learning_rate for discrete GD)
     Z : (T, N * block, k)
-    diagnostics : dict
+    diagnostics : SolveDiagnostics or None
     """
 
     times: np.ndarray
     Z: np.ndarray
-    diagnostics: dict = field(default_factory=dict)
+    diagnostics: SolveDiagnostics | None = None
 
 
 def _check_schedule(times, steps, learning_rate: float):
@@ -67,7 +160,8 @@ def _check_schedule(times, steps, learning_rate: float):
 def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     """``phi_inf(B) rhs = B^+ rhs`` for a dense ``B``: Cholesky when ``B`` is numerically
     positive definite, else the eigendecomposition with eigenvalues below
-    ``n eps lambda_max`` treated as zero (the pseudo-inverse of math.md §4.4)."""
+    ``n eps lambda_max`` treated as zero (:func:`jacntk.linalg._lanczos.pseudo_inverse_filter`;
+    the pseudo-inverse of docs/math.md §8.3)."""
     from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
 
     def scaled_copy() -> np.ndarray:
@@ -91,8 +185,7 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
         A = scaled_copy()  # the failed factorisation overwrote A
         with threadpool_limits(limits=threads, user_api="blas"):
             w, V = eigh(0.5 * (A + A.T), check_finite=False)
-        keep = w > A.shape[0] * np.finfo(float).eps * max(w[-1], 0.0)
-        return V[:, keep] @ ((V[:, keep].T @ rhs) / w[keep, None]), "eigh (pseudo-inverse)"
+        return V @ (pseudo_inverse_filter(w)[:, None] * (V.T @ rhs)), "eigh (pseudo-inverse)"
 
 
 def solve_coefficients(
@@ -102,10 +195,11 @@ def solve_coefficients(
     times=None,
     steps=None,
     learning_rate: float = 1.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    preconditioner="block-jacobi",
-    rank: int = 100,
+    solver: SolverOptions | None = None,
+    tol=UNSET,
+    maxiter=UNSET,
+    preconditioner=UNSET,
+    rank=UNSET,
     callback=None,
 ) -> Coefficients:
     """Dual coefficients for every time: Lanczos for finite times (one Krylov basis per target
@@ -114,14 +208,32 @@ def solve_coefficients(
 
     Parameters
     ----------
+    system : TrainingSystem
     residual : (N * block, k)
         ``Y - F_0(X)``, point-major.
+    times, steps, learning_rate
+        Gradient-flow times or gradient-descent step counts (exactly one), see
+        :func:`jacntk.predict`.
+    solver : SolverOptions, optional
+        Tolerance, iteration cap, preconditioner and its rank; default ``SolverOptions()``.
+    tol, maxiter, preconditioner, rank
+        Shorthands for the fields of ``solver`` (see :func:`jacntk.options.resolve_options`).
+    callback : ``callback(iteration, residuals_or_error_estimates)``, optional
+
+    Returns
+    -------
+    Coefficients
+        ``.diagnostics`` is a :class:`SolveDiagnostics`.
     """
+    opts, _ = resolve_options(
+        solver, None, tol=tol, maxiter=maxiter, preconditioner=preconditioner, rank=rank
+    )
+    tol, maxiter = opts.tol, opts.maxiter
     t, k = _check_schedule(times, steps, learning_rate)
     B, c = system.B, system.c
     rs = system.sqrt_d[:, None] * residual
     Z = np.zeros((t.size, rs.shape[0], rs.shape[1]))
-    diag: dict = {"c": c, "jitter": system.jitter, "operator": system.operator, "lanczos": []}
+    diag: dict = {"lanczos": ()}
     finite = [i for i in range(t.size) if np.isfinite(t[i]) and t[i] > 0]
     if finite:
         fns = [
@@ -131,7 +243,7 @@ def solve_coefficients(
         res = lanczos_functions(B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False)
         Z[finite] = res.values
         ritz_max = res.ritz_max
-        diag["lanczos"].append(res.summary())
+        diag["lanczos"] = (res.summary(),)
         for j in np.flatnonzero(~res.converged.all(axis=0)):
             warnings.warn(
                 ConvergenceWarning(
@@ -150,12 +262,12 @@ def solve_coefficients(
             )
     inf = [i for i in range(t.size) if np.isinf(t[i])]
     if inf and system.operator == "dense":
-        # In memory: a direct solve beats CG on these ill-conditioned matrices (math.md §6.4).
+        # In memory: a direct solve beats CG on these ill-conditioned matrices (docs/math.md §9.4).
         x, diag["solver"] = _dense_pinv_solve(B, rs)
         Z[inf] = x
     elif inf:
         diag["solver"] = "cg"
-        M = _preconditioner(B, preconditioner, rank)
+        M = _preconditioner(B, opts.preconditioner, opts.rank)
         cg_cb = None if callback is None else (lambda it, r: callback(it, r))
         res = cg(B, rs, M=M, tol=tol, maxiter=maxiter, callback=cg_cb, warn=False)
         diag["cg"] = res.summary()
@@ -166,10 +278,11 @@ def solve_coefficients(
                     f"CG at t=inf did not converge: {res.summary()} (tol {tol:g}); "
                     + "; ".join(res.messages[:3])
                     + ". B is likely numerically singular: use jitter > 0, a finite time, "
-                    "or more depth / standardised inputs (math.md §6.4)"
+                    "or more depth / standardised inputs (docs/math.md §9.4)"
                 ),
                 stacklevel=3,
             )
         Z[inf] = res.x.reshape(rs.shape)
     Z *= system.sqrt_d[None, :, None]
-    return Coefficients(t, Z, diag)
+    diagnostics = SolveDiagnostics(c, system.jitter, system.operator, **diag, solver_options=opts)
+    return Coefficients(t, Z, diagnostics)

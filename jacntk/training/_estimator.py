@@ -13,16 +13,18 @@ import os
 import numpy as np
 
 from ..arch import MLP
-from ..validation import as_points
+from ..options import UNSET, OperatorOptions, SolverOptions, resolve_options
+from ..validation import as_points, check_targets
 from ._coefficients import solve_coefficients
 from ._predict import cross_product
-from ._system import _check_targets, is_store, training_residual, training_system
+from ._system import is_store, training_residual, training_system
 
 
 class KernelRegressor:
     """Kernel regression with the NTK/NNGP (or the Jacobian-regularised JNTK) of a deep MLP,
     i.e. the prediction of the infinite-width network after training time ``time``
-    (math.md §4.4): ``f(x) = Theta(x, X) D^{1/2} phi_t(B) D^{1/2} Y`` (``B^+`` at ``time=None``).
+    (docs/math.md §8.2): ``f(x) = Theta(x, X) D^{1/2} phi_t(B) D^{1/2} Y``
+    (``B^+`` at ``time=None``).
 
     Parameters
     ----------
@@ -35,16 +37,20 @@ class KernelRegressor:
         Training time ``t`` (gradient flow); None or ``inf`` for the converged predictor.
     learning_rate : float
         ``eta``: the time scale is ``c = eta / N`` times jacntk's kernel (which carries
-        ``kappa^2``), i.e. ``eta kappa^2 / N`` times the kappa-free kernel (math.md §4.4).
+        ``kappa^2``), i.e. ``eta kappa^2 / N`` times the kappa-free kernel (docs/math.md §8.2).
     jitter : float
         Explicit ridge on ``B``.
     store : str or None
         Path or URL of a Gram store: ``fit`` assembles the training Gram there (or reuses a
         complete store holding the same points, architecture and kind) and solves from it.
-    client : distributed.Client or None
-        Used for assembly and stored products.
-    tol, maxiter, preconditioner, tile, operator
-        Solver options (see :func:`jacntk.predict`).
+    solver : SolverOptions or None
+        Tolerance, iteration cap and preconditioner of the solve (default ``SolverOptions()``).
+    operator_options : OperatorOptions or None
+        How the Gram is applied (default ``OperatorOptions()``); its ``client`` is also used
+        for assembly.
+    client, tol, maxiter, preconditioner, tile, operator
+        Shorthands for fields of ``solver`` / ``operator_options`` (``UNSET``: not given);
+        stored as given and resolved by ``fit`` (see :func:`jacntk.options.resolve_options`).
     """
 
     def __init__(
@@ -60,12 +66,14 @@ class KernelRegressor:
         learning_rate: float = 1.0,
         jitter: float = 0.0,
         store: str | None = None,
-        client=None,
-        tol: float = 1e-10,
-        maxiter: int | None = None,
-        preconditioner: str | None = "block-jacobi",
-        tile: int = 1024,
-        operator: str = "auto",
+        solver: SolverOptions | None = None,
+        operator_options: OperatorOptions | None = None,
+        client=UNSET,
+        tol=UNSET,
+        maxiter=UNSET,
+        preconditioner=UNSET,
+        tile=UNSET,
+        operator=UNSET,
     ):
         self.depth = depth
         self.activation = activation
@@ -78,6 +86,8 @@ class KernelRegressor:
         self.learning_rate = learning_rate
         self.jitter = jitter
         self.store = store
+        self.solver = solver
+        self.operator_options = operator_options
         self.client = client
         self.tol = tol
         self.maxiter = maxiter
@@ -142,7 +152,19 @@ class KernelRegressor:
             raise ValueError(f"time must be a number >= 0 or None, got {self.time!r}")
         return [float(t)]
 
-    def _training_input(self, X: np.ndarray):
+    def _options(self) -> tuple[SolverOptions, OperatorOptions]:
+        return resolve_options(
+            self.solver,
+            self.operator_options,
+            tol=self.tol,
+            maxiter=self.maxiter,
+            preconditioner=self.preconditioner,
+            operator=self.operator,
+            tile=self.tile,
+            client=self.client,
+        )
+
+    def _training_input(self, X: np.ndarray, client):
         if self.store is None:
             return X
         from ..store._assembly import assemble
@@ -166,7 +188,7 @@ class KernelRegressor:
                     path,
                     kind=self.kind,
                     jacobian=jac,
-                    client=self.client,
+                    client=client,
                     progress=False,
                 )
                 store = GramStore.open(path)
@@ -186,26 +208,23 @@ class KernelRegressor:
         """Solve for the dual coefficients on training inputs ``X`` (n, d), targets ``y``
         (n,) or (n, k)."""
         X = as_points(X, "X")
-        y = _check_targets(y, X.shape[0])
+        y = check_targets(y, X.shape[0], "y")
+        solver, operator_options = self._options()
         system = training_system(
             self.arch,
-            self._training_input(X),
+            self._training_input(X, operator_options.client),
             kind=self.kind,
             jacobian_reg=self.jacobian_reg,
             jitter=self.jitter,
             learning_rate=self.learning_rate,
-            operator=self.operator,
-            tile=self.tile,
-            client=self.client,
+            operator_options=operator_options,
         )
         coef = solve_coefficients(
             system,
             training_residual(system, y),
             times=self._times(),
             learning_rate=self.learning_rate,
-            tol=self.tol,
-            maxiter=self.maxiter,
-            preconditioner=self.preconditioner,
+            solver=solver,
         )
         self.system_ = system
         self.dual_coef_ = coef.Z[0]
@@ -225,9 +244,7 @@ class KernelRegressor:
         return X
 
     def _cross(self, X, gradients: bool) -> np.ndarray:
-        out = cross_product(
-            self.system_, X, self.dual_coef_[None], gradients=gradients, tile=self.tile
-        )[0]
+        out = cross_product(self.system_, X, self.dual_coef_[None], gradients=gradients)[0]
         return out if self._multi else out[..., 0]
 
     def predict(self, X) -> np.ndarray:
@@ -241,7 +258,7 @@ class KernelRegressor:
     def score(self, X, y) -> float:
         """Coefficient of determination R^2 (averaged uniformly over target columns)."""
         pred = self.predict(X)
-        y = _check_targets(y, pred.shape[0]).reshape(pred.shape)
+        y = check_targets(y, pred.shape[0], "y").reshape(pred.shape)
         ss_res = ((y - pred) ** 2).sum(axis=0)
         ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
         r2 = 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)

@@ -1,10 +1,10 @@
-"""Training dynamics of the infinite-width network and its input gradient (math.md §4.4, §4.5).
+"""Training dynamics of the infinite-width network and its input gradient (docs/math.md §8.2, §8.6).
 
 Under Jacobian-regularised gradient flow on ``L = 1/(2N) sum_i [(f(x_i) - y_i)^2 +
 lam |grad_x f(x_i)|^2]`` with learning rate ``eta``, the value and input gradient at any point
 ``x`` follow (``D = I_N (x) diag(1, lam, ..., lam)``, ``B = D^{1/2} Theta D^{1/2}``, and
-``c = eta kappa^2 / N`` for the kappa-free kernel of math.md §4.4 -- i.e. ``c = eta / N`` for
-jacntk's kernels, which carry ``kappa^2`` (math.md §0.1); ``t`` counts gradient steps)::
+``c = eta kappa^2 / N`` for the kappa-free kernel of docs/math.md §8.2 -- i.e. ``c = eta / N`` for
+jacntk's kernels, which carry ``kappa^2`` (docs/math.md §1.1); ``t`` counts gradient steps)::
 
     F_t(x) = F_0(x) + Theta(x, X) D^{1/2} phi_t(B) D^{1/2} (Y - F_0(X)),
     phi_t(s) = (1 - exp(-c t s)) / s,        phi_inf(B) = B^+,
@@ -20,8 +20,7 @@ in one Krylov basis, preconditioned CG for ``t = inf``.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +29,8 @@ from ..kernels._compute import kernel
 from ..linalg._gram import DenseGram, GramOperator, StructuredGram
 from ..linalg._scaled import ScaledGram
 from ..linalg._stored import StoredGram
-from ..validation import as_points
+from ..options import UNSET, OperatorOptions, resolve_options
+from ..validation import as_points, check_nonnegative, check_targets
 
 #: Largest matrix factorised by threaded LAPACK (see ``_dense_pinv_solve``).
 THREADED_CHOLESKY_LIMIT = 12000
@@ -47,14 +47,6 @@ def is_store(obj) -> bool:
     return hasattr(obj, "tile_block") and hasattr(obj, "missing_tiles")
 
 
-def _check_nonneg(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 @dataclass
 class TrainingSystem:
     """The symmetric training operator ``B = D^{1/2} Theta(X, X) D^{1/2} + jitter I``.
@@ -66,6 +58,10 @@ class TrainingSystem:
     points : (N, d) training inputs
     lam, jitter : float
     c : float, ``learning_rate / N`` (the kernel ``Theta`` here carries ``kappa^2``)
+    operator : str
+        The operator chosen: ``"dense"``, ``"structured"`` or ``"stored"``.
+    operator_options : OperatorOptions
+        The options it was built with (their ``tile`` also serves the cross Gram).
     """
 
     B: ScaledGram
@@ -76,6 +72,7 @@ class TrainingSystem:
     jitter: float
     c: float
     operator: str
+    operator_options: OperatorOptions = field(default_factory=OperatorOptions)
 
     @property
     def n(self) -> int:
@@ -99,24 +96,32 @@ def training_system(
     jacobian_reg: float = 0.0,
     jitter: float = 0.0,
     learning_rate: float = 1.0,
-    operator: str = "auto",
-    tile: int = 1024,
-    client=None,
+    operator_options: OperatorOptions | None = None,
+    operator=UNSET,
+    tile=UNSET,
+    client=UNSET,
 ) -> TrainingSystem:
     """Build ``B`` for the training inputs ``X_train`` (an array or a ``GramStore``).
 
-    ``operator``: ``"auto"`` (the store if given, else dense while the matrix takes at most
-    ``DENSE_BYTES``, else matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields per
-    tile) or ``"stored"``.
+    Parameters
+    ----------
+    operator_options : OperatorOptions, optional
+        ``operator``: ``"auto"`` (the store if given, else dense while the matrix takes at most
+        ``DENSE_BYTES``, else matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields
+        per tile) or ``"stored"``; ``tile``, ``cache`` of the matrix-free operator; ``client``
+        of the stored one.  Default: ``OperatorOptions()``.
+    operator, tile, client
+        Shorthands for the fields of ``operator_options`` (see
+        :func:`jacntk.options.resolve_options`).
     """
-    lam = _check_nonneg(jacobian_reg, "jacobian_reg")
-    jitter = _check_nonneg(jitter, "jitter")
-    if not (_check_nonneg(learning_rate, "learning_rate") > 0):
+    _, options = resolve_options(
+        None, operator_options, operator=operator, tile=tile, client=client
+    )
+    operator = options.operator
+    lam = check_nonnegative(jacobian_reg, "jacobian_reg")
+    jitter = check_nonnegative(jitter, "jitter")
+    if not (check_nonnegative(learning_rate, "learning_rate") > 0):
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    if operator not in ("auto", "dense", "structured", "stored"):
-        raise ValueError(
-            f"operator must be 'auto', 'dense', 'structured' or 'stored', got {operator!r}"
-        )
     full = lam > 0
     if is_store(X_train):
         store = X_train
@@ -130,7 +135,7 @@ def training_system(
             )
         points = store.points
         if operator in ("auto", "stored"):
-            base: GramOperator = StoredGram(store, client=client, values_only=not full)
+            base: GramOperator = StoredGram(store, client=options.client, values_only=not full)
             operator = "stored"
         else:
             StoredGram(store, values_only=True)  # completeness check
@@ -148,25 +153,22 @@ def training_system(
         if operator == "dense":
             base = DenseGram(kernel(arch, points, kind=kind, jacobian=full), d + 1 if full else 1)
         else:
-            base = StructuredGram(arch, points, kind=kind, jacobian=full, tile=tile)
+            base = StructuredGram(
+                arch, points, kind=kind, jacobian=full, tile=options.tile, cache=options.cache
+            )
     # math.md's c = eta kappa^2 / N multiplies the kappa-free kernel; ours carries kappa^2.
     c = float(learning_rate) / n
     return TrainingSystem(
-        ScaledGram(base, lam if full else 1.0, jitter), arch, kind, points, lam, jitter, c, operator
+        ScaledGram(base, lam if full else 1.0, jitter),
+        arch,
+        kind,
+        points,
+        lam,
+        jitter,
+        c,
+        operator,
+        options,
     )
-
-
-def _check_targets(y, n: int) -> np.ndarray:
-    arr = np.asarray(y, dtype=np.float64)
-    if arr.ndim not in (1, 2) or arr.shape[0] != n:
-        raise ValueError(
-            f"y_train must have shape ({n},) or ({n}, k) to match {n} training points, "
-            f"got shape {arr.shape}"
-        )
-    if not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
-        raise ValueError(f"y_train contains NaN or inf (first at row {bad})")
-    return arr
 
 
 def training_residual(system: TrainingSystem, y, F0_train=None) -> np.ndarray:
@@ -174,7 +176,7 @@ def training_residual(system: TrainingSystem, y, F0_train=None) -> np.ndarray:
     value slots, minus the initial outputs ``F0_train`` (N, d+1) if given (gradient slots are
     ``-grad f_0`` for full augmentation)."""
     n, b = system.n, system.block
-    Y = _check_targets(y, n).reshape(n, -1)
+    Y = check_targets(y, n).reshape(n, -1)
     R = np.zeros((n, b, Y.shape[1]))
     R[:, 0] = Y
     if F0_train is not None:

@@ -1,0 +1,73 @@
+"""Argument groups shared by several ``jacntk`` subcommands and their conversion to library
+objects: the cluster/TLS options (-> :class:`jacntk.distributed.ClusterOptions`) and the fsspec
+storage options of URL stores (-> dict)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from jacntk.distributed import ClusterOptions
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scheduler/TLS options shared by every CLI command that computes."""
+    group = parser.add_argument_group("cluster")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:port or tls://...)",
+    )
+    where.add_argument(
+        "--scheduler-file",
+        metavar="FILE",
+        help="scheduler file written by 'dask scheduler --scheduler-file'",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes of the embedded local cluster (default: cores/2)",
+    )
+    group.add_argument("--tls-ca", metavar="PEM", help="CA certificate (TLS)")
+    group.add_argument("--tls-cert", metavar="PEM", help="client certificate (TLS)")
+    group.add_argument("--tls-key", metavar="PEM", help="client private key (TLS)")
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    """The :class:`ClusterOptions` of the arguments added by :func:`add_cluster_arguments`."""
+    return ClusterOptions(
+        args.scheduler, args.scheduler_file, args.workers, args.tls_ca, args.tls_cert, args.tls_key
+    )
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    """Whether the cluster arguments ask for Dask (a scheduler, a scheduler file or workers)."""
+    return bool(args.scheduler or args.scheduler_file or args.workers)
+
+
+def add_storage_argument(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options of a URL store."""
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for a URL store, e.g. endpoint_url=http://127.0.0.1:9000 "
+        "(repeatable; VALUE parsed as JSON when it can be)",
+    )
+
+
+def storage_options(pairs: list[str]) -> dict | None:
+    """``["key=value", ...]`` -> dict (values parsed as JSON when possible); None if empty."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option must be KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None
