@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 __all__ = ["ACTIVATIONS", "CLOSED_FORM", "KINDS", "MLP", "QUADRATURE", "check_kind"]
 
@@ -40,14 +43,25 @@ class MLP:
     kappa: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
+        depth = self.depth
+        if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, numbers.Integral):
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        object.__setattr__(self, "depth", int(depth))
         get_activation(self.activation)
         for name in ("sigma_w", "sigma_b", "kappa"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            if not real or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            value = float(value)
+            if not math.isfinite(value * value):
+                raise ValueError(
+                    f"{name}={value:g} is too large: {name}^2 overflows float64 (the layer "
+                    "maps use the squared scales)"
+                )
+            object.__setattr__(self, name, value)
         if self.sigma_w <= 0:
             raise ValueError(f"sigma_w must be positive, got {self.sigma_w}")
         if self.sigma_b < 0:

@@ -10,13 +10,19 @@ import numpy as np
 def as_points(X, name: str = "X") -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 array of shape (n, d), or raise ValueError.
 
-    Rejects non-2-D input, empty arrays and non-finite entries (NaN/inf), naming the first bad
-    row so the user can find it in their data.
+    Rejects complex, boolean, object and string arrays (integers are converted), non-2-D input,
+    empty arrays, non-finite entries (NaN/inf) and rows whose squared norm overflows, naming the
+    first bad row so the user can find it in their data.
     """
-    try:
-        arr = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array: {exc}") from None
+    raw = np.asarray(X)
+    if raw.dtype.kind not in "iuf":
+        what = {"c": "complex", "b": "boolean", "O": "object", "U": "string", "S": "bytes"}
+        raise ValueError(
+            f"{name} must be a real numeric array (integer or float), got dtype {raw.dtype} "
+            f"({what.get(raw.dtype.kind, 'non-numeric')}); convert it explicitly, e.g. "
+            f"X.real or X.astype(float), if that is what you mean"
+        )
+    arr = np.ascontiguousarray(raw, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (n_points, d), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -26,6 +32,14 @@ def as_points(X, name: str = "X") -> np.ndarray:
         row = int(np.argwhere(~finite.all(axis=1))[0, 0])
         raise ValueError(
             f"{name} contains NaN or inf ({int((~finite).sum())} entries; first in row {row})"
+        )
+    with np.errstate(over="ignore"):
+        sq = np.einsum("ij,ij->i", arr, arr)
+    if not np.isfinite(sq).all():
+        row = int(np.argwhere(~np.isfinite(sq))[0, 0])
+        raise ValueError(
+            f"{name} is too large: |x|^2 overflows float64 (first in row {row}, max |entry| "
+            f"{np.abs(arr).max():.3g}); rescale the inputs (e.g. standardise them)"
         )
     return arr
 

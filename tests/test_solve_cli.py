@@ -178,3 +178,11 @@ def test_solve_refuses_incomplete_store_and_existing_output(workdir, tmp_path):
     )
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (tmp_path / "exists.npz").read_bytes() == b"keep me"
+
+
+def test_solve_checks_the_output_folder_before_solving(workdir, tmp_path):
+    missing = tmp_path / "missing_dir" / "x.npz"
+    proc = solve(workdir, "k.zarr", "--targets", "y.npy", "--out", missing, check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "missing_dir" in proc.stderr
+    assert "CG" not in proc.stderr and "iteration" not in proc.stderr  # no solve ran
+    assert not missing.parent.exists()

@@ -71,3 +71,23 @@ def storage_options(pairs: list[str]) -> dict | None:
         except json.JSONDecodeError:
             out[key] = value
     return out or None
+
+
+def check_output_file(path, *, overwrite: bool = False, option: str = "--out"):
+    """Check an output file before any long work: its folder exists and is writable, and the file
+    is absent unless ``overwrite``.  Returns the path as a ``Path``; raises
+    ``FileNotFoundError``, ``PermissionError`` or ``FileExistsError`` naming the problem."""
+    import os
+    from pathlib import Path
+
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {out}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option} {out}: folder {folder} is not writable")
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {out} is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    return out

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._arguments import add_cluster_arguments, cluster_options, wants_cluster
+from ._arguments import (
+    add_cluster_arguments,
+    check_output_file,
+    cluster_options,
+    wants_cluster,
+)
 
 
 def register(sub) -> None:
@@ -151,9 +156,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from jacntk.validation import as_points, check_nonnegative, check_targets
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output_file(args.out, overwrite=args.overwrite)
     check_nonnegative(args.jacobian_reg, "--jacobian-reg")
     if args.time is not None and args.steps is not None:
         raise ValueError("give --time or --steps, not both")

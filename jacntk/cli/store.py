@@ -11,6 +11,7 @@ import numpy as np
 from ._arguments import (
     add_cluster_arguments,
     add_storage_argument,
+    check_output_file,
     cluster_options,
     storage_options,
 )
@@ -194,6 +195,8 @@ def run_info(args: argparse.Namespace) -> int:
 def run_query(args: argparse.Namespace) -> int:
     from jacntk.store import GramStore
 
+    if args.out:  # a bad folder fails before the store is read
+        check_output_file(args.out, overwrite=True)
     rows = parse_index_spec(args.rows, "--rows")
     cols = parse_index_spec(args.cols, "--cols")
     gram = GramStore.open(args.store, storage_options(args.storage_option))

@@ -92,9 +92,47 @@ def compute_tile(
     if small:
         numba.set_num_threads(1)
     try:
-        return _compute(plan, A, B, symmetric, jacobian)
+        out = _compute(plan, A, B, symmetric, jacobian)
     finally:
         numba.set_num_threads(previous)
+    check_kernel_range(out, arch, kind, A if symmetric else None)
+    return out
+
+
+def check_kernel_range(values: np.ndarray, arch: MLP, kind: str, X: np.ndarray | None = None):
+    """Raise ``FloatingPointError`` for a kernel tile that overflowed or underflowed.
+
+    ``values`` is a scalar tile ``(n1, n2)`` or a field tile ``(8, n1, n2)``.  NaN or inf
+    anywhere means the layer recursion overflowed (variances growing like ``sigma_w^(2L)``);
+    with ``X`` (the points of a symmetric tile) a diagonal entry that is exactly zero for a point
+    ``x != 0`` (with ``kappa > 0``) means the variances underflowed to zero -- a zero kernel
+    there would be garbage, not a result.  The message names the depth, the scales and the way
+    out (docs/math.md §9: the Edge of Chaos keeps the variance map bounded).
+    """
+    where = (
+        f"depth {arch.depth}, activation {arch.activation!r}, sigma_w={arch.sigma_w:g}, "
+        f"sigma_b={arch.sigma_b:g}, kind {kind!r}"
+    )
+    advice = (
+        "choose (sigma_w, sigma_b) at the Edge of Chaos (jacntk.depth.eoc_mlp; "
+        "docs/math.md §9), fewer layers, or standardised inputs"
+    )
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise FloatingPointError(
+            f"the kernel overflowed ({bad} NaN/inf entries) at {where}: the layer variances "
+            f"exceed the float64 range; {advice}"
+        )
+    if X is None or arch.kappa == 0:
+        return
+    K = values[0] if values.ndim == 3 else values
+    dead = (np.diagonal(K) == 0) & (np.abs(X).max(axis=1) > 0)
+    if dead.any():
+        raise FloatingPointError(
+            f"the kernel underflowed to exactly 0 on the diagonal ({int(dead.sum())} of "
+            f"{dead.size} points) at {where}: the layer variances vanish below the float64 range; "
+            f"{advice}"
+        )
 
 
 def _compute(plan: Plan, A: np.ndarray, B: np.ndarray, symmetric: bool, jacobian: bool):
@@ -399,5 +437,10 @@ def kernel(arch: MLP, X1, X2=None, *, kind: str = "ntk", jacobian: bool = False)
     if not jacobian:
         return compute_tile(arch, X1, X2, kind=kind, jacobian=False)
     if uses_stable_route(arch, kind):  # every pair routed (stable_pairs, "Cost")
-        return relu_jacobian_kernel(arch, X1, X2, kind=kind)
+        G = relu_jacobian_kernel(arch, X1, X2, kind=kind)
+        A, _, symmetric = as_pair(X1, X2)
+        w = A.shape[1] + 1
+        check_kernel_range(G, arch, kind)
+        check_kernel_range(G[::w, ::w], arch, kind, A if symmetric else None)
+        return G
     return augment(kernel_fields(arch, X1, X2, kind=kind), X1, X2)
