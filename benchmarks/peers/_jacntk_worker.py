@@ -10,8 +10,6 @@ request) and ``peak_rss_mib``.  Requests (``op``): ``scalar``, ``jacobian``, ``d
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
 import time
 
 import numpy as np
@@ -183,23 +181,8 @@ def serve() -> int:
 
     spec = importlib.util.spec_from_file_location("nt_worker", PEER_WORKER)
     peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peer)  # stdlib only at import: reuse its peak_rss_mib (VmHWM)
-    rss = peer.peak_rss_mib
+    spec.loader.exec_module(peer)  # stdlib only at import: reuse its protocol loop and VmHWM
 
-    hello = {"library": "jacntk", "version": jacntk.__version__, "rss_mib": rss()}
+    hello = {"library": "jacntk", "version": jacntk.__version__, "rss_mib": peer.peak_rss_mib()}
     hello["rss_method"] = "VmHWM"
-    print("@@ " + json.dumps(hello), flush=True)
-    cache: dict = {}
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        try:
-            reply = SERVE_OPS[req["op"]](req, cache)
-        except MemoryError:
-            reply = {"error": "MemoryError (address-space cap reached)"}
-        except Exception as exc:  # reported to the harness, which records the failure
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        reply["peak_rss_mib"] = rss()
-        print("@@ " + json.dumps(reply), flush=True)
-    return 0
+    return peer.serve(hello, SERVE_OPS, memory_error="MemoryError (address-space cap reached)")

@@ -176,6 +176,14 @@ def main(argv=None) -> int:
 
     hello = {"library": "neural-tangents", "version": neural_tangents.__version__}
     hello.update(jax=jax.__version__, rss_mib=peak_rss_mib(), rss_method="VmHWM")
+    return serve(hello, OPS)
+
+
+def serve(hello: dict, ops: dict, *, memory_error: str | None = None) -> int:
+    """The worker protocol of both sides: print ``hello``, then answer one JSON request per stdin
+    line with ``ops[req["op"]](req, cache)`` (an exception becomes ``{"error": ...}``;
+    ``memory_error``, if given, is the reply's error text for a MemoryError), each reply with the
+    peak RSS, every line prefixed ``@@ ``."""
     print("@@ " + json.dumps(hello), flush=True)
     cache: dict = {}
     for line in sys.stdin:
@@ -183,7 +191,9 @@ def main(argv=None) -> int:
             continue
         req = json.loads(line)
         try:
-            reply = OPS[req["op"]](req, cache)
+            reply = ops[req["op"]](req, cache)
+        except MemoryError as exc:
+            reply = {"error": memory_error or f"{type(exc).__name__}: {exc}"}
         except Exception as exc:  # reported to the harness, which records the failure
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         reply["peak_rss_mib"] = peak_rss_mib()
