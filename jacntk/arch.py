@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass
 
-import numpy as np
+from .validation import is_integer, is_real
 
 __all__ = ["ACTIVATIONS", "CLOSED_FORM", "KINDS", "MLP", "QUADRATURE", "check_kind"]
 
@@ -44,16 +43,13 @@ class MLP:
 
     def __post_init__(self) -> None:
         depth = self.depth
-        if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, numbers.Integral):
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
-        if depth < 1:
+        if not is_integer(depth) or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
         object.__setattr__(self, "depth", int(depth))
         get_activation(self.activation)
         for name in ("sigma_w", "sigma_b", "kappa"):
             value = getattr(self, name)
-            real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-            if not real or not math.isfinite(value):
+            if not is_real(value) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             value = float(value)
             if not math.isfinite(value * value):

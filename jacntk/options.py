@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from .validation import is_integer
+
 #: Points per tile edge of matrix-free products, and the chunk edge of a new Gram store
 #: (a float64 chunk of 8 MiB).
 DEFAULT_TILE = 1024
@@ -44,10 +46,6 @@ class _Unset(enum.Enum):
 
 #: Default of the flat option keywords: "not given, use the options object's value".
 UNSET = _Unset.UNSET
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class SolverOptions:
             raise ValueError(f"SolverOptions.tol must be a finite number > 0, got {tol!r}")
         object.__setattr__(self, "tol", float(tol))
         if self.maxiter is not None:
-            if not _is_int(self.maxiter) or self.maxiter < 1:
+            if not is_integer(self.maxiter) or self.maxiter < 1:
                 raise ValueError(
                     f"SolverOptions.maxiter must be None or an integer >= 1, got {self.maxiter!r}"
                 )
@@ -102,7 +100,7 @@ class SolverOptions:
                 f"{', '.join(map(repr, PRECONDITIONERS))}, None or an operator with matmat, "
                 f"got {p!r}"
             )
-        if not _is_int(self.rank) or self.rank < 1:
+        if not is_integer(self.rank) or self.rank < 1:
             raise ValueError(f"SolverOptions.rank must be an integer >= 1, got {self.rank!r}")
         object.__setattr__(self, "rank", int(self.rank))
 
@@ -138,7 +136,7 @@ class OperatorOptions:
             raise ValueError(
                 f"operator must be one of {', '.join(map(repr, OPERATORS))}, got {self.operator!r}"
             )
-        if not _is_int(self.tile) or self.tile < 1:
+        if not is_integer(self.tile) or self.tile < 1:
             raise ValueError(f"OperatorOptions.tile must be an integer >= 1, got {self.tile!r}")
         object.__setattr__(self, "tile", int(self.tile))
         if not isinstance(self.cache, (bool, np.bool_)):

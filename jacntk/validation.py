@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
+
+
+def is_integer(value) -> bool:
+    """True for a Python or NumPy integer that is not a bool (``np.int64(3)`` counts)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """True for a Python or NumPy real number that is not a bool (``np.float32(1.0)`` counts)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def as_points(X, name: str = "X") -> np.ndarray:
