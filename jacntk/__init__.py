@@ -37,7 +37,13 @@ from .linalg import (
     nystrom,
 )
 from .store import GramStore, assemble
-from .training import KernelRegressor, Prediction, max_stable_learning_rate, predict
+from .training import (
+    KernelClassifier,
+    KernelRegressor,
+    Prediction,
+    max_stable_learning_rate,
+    predict,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -49,6 +55,7 @@ __all__ = [
     "DenseGram",
     "GramOperator",
     "GramStore",
+    "KernelClassifier",
     "KernelFields",
     "KernelRegressor",
     "KrylovResult",

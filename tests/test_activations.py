@@ -70,15 +70,16 @@ def _hits(pattern, text):
 def test_public_activations_are_unchanged():
     names = ("erf", "relu", "gelu", "tanh", "softplus", "silu")
     assert jacntk.ACTIVATIONS == jacntk.arch.ACTIVATIONS == names
-    assert jacntk.arch.CLOSED_FORM == ("erf", "relu")
-    assert jacntk.arch.QUADRATURE == ("gelu", "tanh", "softplus", "silu")
+    assert jacntk.arch.CLOSED_FORM == ("erf", "relu", "gelu")
+    assert jacntk.arch.QUADRATURE == ("tanh", "softplus", "silu")
 
 
 def test_codes_are_unique_dense_and_distinct_from_the_test_code():
     codes = [row.code for row in reg.REGISTRY]
     assert codes == list(range(len(reg.REGISTRY)))
     assert len({row.name for row in reg.REGISTRY}) == len(reg.REGISTRY)
-    assert reg.ERF_BY_QUADRATURE not in codes
+    assert reg.ERF_BY_QUADRATURE not in codes and reg.GELU_BY_QUADRATURE not in codes
+    assert reg.ERF_BY_QUADRATURE != reg.GELU_BY_QUADRATURE
 
 
 def test_derived_tables_have_one_entry_per_row_and_agree_with_it():
@@ -89,7 +90,11 @@ def test_derived_tables_have_one_entry_per_row_and_agree_with_it():
     assert not set(reg.CLOSED_FORM) & set(reg.QUADRATURE)
     assert reg.CLOSED_FORM == tuple(row.name for row in rows if row.closed_form)
     quad = {row.code: row.quadrature_step for row in rows if not row.closed_form}
-    assert reg.QUADRATURE_STEP == {**quad, reg.ERF_BY_QUADRATURE: reg.ERF_BY_QUADRATURE_STEP}
+    tests = {
+        reg.ERF_BY_QUADRATURE: reg.ERF_BY_QUADRATURE_STEP,
+        reg.GELU_BY_QUADRATURE: reg.GELU_BY_QUADRATURE_STEP,
+    }
+    assert reg.QUADRATURE_STEP == {**quad, **tests}
     for row in rows:
         assert reg.get_activation(row.name) is reg.BY_NAME[row.name] is row
         assert getattr(reg, row.name.upper()) == row.code  # the named Numba codes

@@ -62,8 +62,9 @@ def test_get_set_params_round_trip_and_errors(data):
     with pytest.raises(ValueError, match="invalid parameter 'lam'"):
         model.set_params(lam=1.0)
     X, y, _, _ = data
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(ValueError, match="not fitted") as raised:
         KernelRegressor().predict(X)
+    assert isinstance(raised.value, AttributeError)  # NotFittedError's two bases
     with pytest.raises(ValueError, match="time must be a number >= 0"):
         KernelRegressor(time=-1.0).fit(X, y)
     with pytest.raises(ValueError, match="jacobian_reg"):
@@ -71,7 +72,7 @@ def test_get_set_params_round_trip_and_errors(data):
     with pytest.raises(ValueError, match="shape \\(40,\\)"):
         KernelRegressor().fit(X, y[:-1])
     fitted = KernelRegressor(jitter=1e-6).fit(X, y)
-    with pytest.raises(ValueError, match="fitted with 3"):
+    with pytest.raises(ValueError, match="X has 2 features, but KernelRegressor is expecting 3"):
         fitted.predict(X[:, :2])
 
 
@@ -89,21 +90,37 @@ def test_works_with_scikit_learn_tools_when_installed(data):
 
 
 def test_fit_from_a_gram_store(data, tmp_path):
+    """``store=`` a directory: one store per training set under it, created then reused;
+    ``store=`` an existing store (path or GramStore): that store, which must hold X."""
     from distributed import Client, LocalCluster
 
     X, y, Xt, _ = data
+    folder = tmp_path / "grams"
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
-        model = KernelRegressor(depth=2, store=str(tmp_path / "g.zarr"), client=client, time=10.0)
+        model = KernelRegressor(depth=2, store=str(folder), client=client, time=10.0)
         model.fit(X, y)
-    assert model.system_.operator == "stored" and (tmp_path / "g.zarr").exists()
+        other = KernelRegressor(depth=2, store=folder, client=client, time=10.0).fit(X[::-1], y)
+    assert model.system_.operator == "stored"
+    stores = sorted(p.name for p in folder.iterdir())
+    assert len(stores) == 2 and all(name.startswith("ntk-") for name in stores), stores
+    assert model.store_.location.url in {str(folder / name) for name in stores}
     ref = KernelRegressor(depth=2, time=10.0).fit(X, y)
     np.testing.assert_allclose(model.predict(Xt), ref.predict(Xt), rtol=1e-9, atol=1e-12)
-    reuse = KernelRegressor(depth=2, store=str(tmp_path / "g.zarr"), time=10.0).fit(X, y)
+    ref_other = KernelRegressor(depth=2, time=10.0).fit(X[::-1], y)
+    np.testing.assert_allclose(other.predict(Xt), ref_other.predict(Xt), rtol=1e-9, atol=1e-12)
+    reuse = KernelRegressor(depth=2, store=str(folder), time=10.0).fit(X, y)  # no cluster
+    assert reuse.store_.location.url == model.store_.location.url
     np.testing.assert_allclose(reuse.predict(Xt), ref.predict(Xt), rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="different points"):
-        KernelRegressor(depth=2, store=str(tmp_path / "g.zarr")).fit(X[::-1], y)
+    single = model.store_.location.url  # the path of one store: used as that store
+    again = KernelRegressor(depth=2, store=single, time=10.0).fit(X, y)
+    assert again.store_.location.url == single
+    assert sorted(p.name for p in folder.iterdir()) == stores
+    np.testing.assert_allclose(again.predict(Xt), ref.predict(Xt), rtol=1e-9, atol=1e-12)
+    for fixed in (single, model.store_):
+        with pytest.raises(ValueError, match="different points"):
+            KernelRegressor(depth=2, store=fixed).fit(X[::-1], y)

@@ -36,7 +36,7 @@ def data_digest(path: Path) -> dict[str, str]:
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != "zarr.json"
+        if p.is_file() and p.name != "zarr.json" and p.relative_to(path).parts[0] != "manifest"
     }
 
 

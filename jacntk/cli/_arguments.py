@@ -47,6 +47,26 @@ def wants_cluster(args: argparse.Namespace) -> bool:
     return bool(args.scheduler or args.scheduler_file or args.workers)
 
 
+def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--quiet`` (``args.progress``: True, False, or None = when stderr is a
+    terminal; see :func:`jacntk.progress.wants_progress`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar",
+    )
+
+
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
     """``--storage-option KEY=VALUE`` (repeatable): fsspec options of a URL store."""
     parser.add_argument(

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._arguments import (
     add_cluster_arguments,
+    add_progress_arguments,
     add_storage_argument,
     check_output_file,
     cluster_options,
@@ -27,7 +28,9 @@ def register(sub) -> None:
         help="assemble a Gram matrix (or Jacobian kernel fields) into a Zarr store",
         description="Compute the Gram matrix of DATA tile by tile on a Dask cluster and write "
         "it into a Zarr v3 store. Re-running the same command resumes: only tiles missing from "
-        "the store's manifest are computed.",
+        "the store's manifest, or failing their checksums, are computed. One writer per store "
+        "(a lease): a second command for the same store waits, one for other settings fails. "
+        "Exit status 0 only for a complete store.",
     )
     p.add_argument(
         "data",
@@ -53,17 +56,7 @@ def register(sub) -> None:
         action="store_true",
         help="replace a store made for other inputs or settings",
     )
-    progress = p.add_mutually_exclusive_group()
-    progress.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-    progress.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar"
-    )
+    add_progress_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_storage_argument(p)
     add_cluster_arguments(p)
@@ -96,7 +89,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "verify",
         help="check a Gram store's checksums and recompute sampled tiles",
-        description="Check the input fingerprint and every recorded tile's sha256 checksums, "
+        description="Check the input fingerprint and every recorded tile's checksums, "
         "recompute SAMPLE tiles from the inputs, and report damage (exit status 1).",
     )
     p.add_argument("store", metavar="STORE")
@@ -135,7 +128,7 @@ def _as_cli_error(exc: OSError) -> Exception:
 def run_assemble(args: argparse.Namespace) -> int:
     from jacntk.arch import MLP
     from jacntk.data import load_points
-    from jacntk.store import assemble
+    from jacntk.store import LeaseLostError, StoreBusyError, assemble
 
     arch = MLP(args.depth, args.activation, args.sigma_w, args.sigma_b, args.kappa)
     X = load_points(args.data)
@@ -155,16 +148,20 @@ def run_assemble(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         raise _as_cli_error(exc) from exc
+    except (StoreBusyError, LeaseLostError) as exc:
+        raise ValueError(str(exc)) from exc
+    status = 0 if report.complete else 1  # scripts can rely on it: 0 = a complete store
     if args.json:
         print(json.dumps(report.to_dict()))
-        return 0
-    state = "complete" if report.complete else "INCOMPLETE"
+        return status
+    state = "complete" if report.complete else "INCOMPLETE (re-run the command to finish it)"
+    repaired = f" ({report.repaired} damaged tiles recomputed)" if report.repaired else ""
     print(
-        f"{report.url}: computed {report.computed} tiles, skipped {report.skipped} already "
-        f"done, {report.tiles_total} in all; {state}; {report.seconds:.2f} s, "
+        f"{report.url}: computed {report.computed} tiles{repaired}, skipped {report.skipped} "
+        f"already done, {report.tiles_total} in all; {state}; {report.seconds:.2f} s, "
         f"{report.bytes_written / 1e6:.1f} MB written by {report.workers} workers"
     )
-    return 0
+    return status
 
 
 def run_info(args: argparse.Namespace) -> int:

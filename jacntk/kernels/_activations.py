@@ -29,8 +29,8 @@ class Activation:
         ``activation_derivatives``); the codes are ``0, 1, ..., len(REGISTRY) - 1`` in table
         order.
     closed_form : bool
-        The Gaussian moments ``F^{ij}`` have closed forms (``_erf_moments``, ``_relu_moments``
-        in :mod:`jacntk.kernels._moments`, a vectorised scalar row in
+        The Gaussian moments ``F^{ij}`` have closed forms (``_erf_moments``, ``_relu_moments``,
+        ``_gelu_moments`` in :mod:`jacntk.kernels._moments`, a vectorised scalar row in
         :func:`jacntk.kernels._fields._closed_form_scalar_tile`); otherwise they come from the
         trapezoid rule over the derivative table (docs/math.md §5.4).
     quadrature_step : float or None
@@ -64,13 +64,13 @@ class Activation:
 
 
 #: The registry.  Steps: the integrands are analytic in a strip ``|Im u| < delta`` (tanh:
-#: pi/2; sigmoid family: pi; gelu/erf: entire with Gaussian growth) and the trapezoid error decays
-#: like ``exp(-2 pi delta / h)``; these steps give <= 1e-12 relative on every moment (tanh:
-#: <= 2e-11) for variances 0.05..30, measured in tests/test_moments.py.
+#: pi/2; sigmoid family: pi; gelu/erf, the test codes below: entire with Gaussian growth) and the
+#: trapezoid error decays like ``exp(-2 pi delta / h)``; these steps give <= 1e-12 relative on
+#: every moment (tanh: <= 2e-11) for variances 0.05..30, measured in tests/test_moments.py.
 REGISTRY: tuple[Activation, ...] = (
     Activation("erf", 0, closed_form=True, quadrature_step=None, smooth=True),
     Activation("relu", 1, closed_form=True, quadrature_step=None, smooth=False),
-    Activation("gelu", 2, closed_form=False, quadrature_step=0.3, smooth=True),
+    Activation("gelu", 2, closed_form=True, quadrature_step=None, smooth=True),
     Activation("tanh", 3, closed_form=False, quadrature_step=0.2, smooth=True),
     Activation("softplus", 4, closed_form=False, quadrature_step=0.4, smooth=True),
     Activation("silu", 5, closed_form=False, quadrature_step=0.3, smooth=True),
@@ -81,6 +81,13 @@ REGISTRY: tuple[Activation, ...] = (
 ERF_BY_QUADRATURE = 100
 #: The trapezoid step of ``ERF_BY_QUADRATURE``.
 ERF_BY_QUADRATURE_STEP = 0.3
+#: Test-only code: gelu's derivative table under the trapezoid rule (gelu's route before its
+#: closed forms), the reference of the closed forms (tests/test_gelu_closed_form.py); never
+#: accepted by ``MLP``.
+GELU_BY_QUADRATURE = 101
+#: The trapezoid step of ``GELU_BY_QUADRATURE`` (converged to 1e-14 relative for variances
+#: 0.05..30).
+GELU_BY_QUADRATURE_STEP = 0.3
 
 
 def check_registry(rows: tuple[Activation, ...]) -> None:
@@ -110,10 +117,12 @@ CLOSED_FORM: tuple[str, ...] = tuple(row.name for row in REGISTRY if row.closed_
 QUADRATURE: tuple[str, ...] = tuple(row.name for row in REGISTRY if not row.closed_form)
 #: Name -> Numba dispatch code.
 ACT_CODES: dict[str, int] = {row.name: row.code for row in REGISTRY}
-#: Code -> trapezoid step, for the quadrature activations and ``ERF_BY_QUADRATURE``.
+#: Code -> trapezoid step, for the quadrature activations and the test codes
+#: ``ERF_BY_QUADRATURE``, ``GELU_BY_QUADRATURE``.
 QUADRATURE_STEP: dict[int, float] = {
     **{row.code: row.quadrature_step for row in REGISTRY if not row.closed_form},
     ERF_BY_QUADRATURE: ERF_BY_QUADRATURE_STEP,
+    GELU_BY_QUADRATURE: GELU_BY_QUADRATURE_STEP,
 }
 
 # Named dispatch codes: Numba freezes these module globals into the compiled kernels.

@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..arch import MLP, check_kind
-from ._activations import ERF, get_activation
+from ._activations import ERF, GELU, get_activation
 from ._moments import (
     ALIGNED,
     ANTIPODAL,
@@ -52,6 +52,7 @@ from ._moments import (
     SCALAR,
     asin_and_cos,
     gaussian_moments,
+    gelu_layer_row,
     quadrature_step,
 )
 
@@ -321,12 +322,26 @@ def _relu_layer_row(c, th, u2l, ui, omega, sb2):
         c[j] = cn
 
 
+@njit(cache=True)
+def _point_transform(act, v):
+    """The per-point quantity ``u_l`` of the closed-form scalar rows (``_closed_form_scalar_tile``):
+    ``1/sqrt(1 + 2 v)`` (erf), ``v`` (gelu), ``sqrt(v)`` (relu)."""
+    if act == ERF:
+        return 1.0 / np.sqrt(1.0 + 2.0 * v)
+    if act == GELU:
+        return v.copy()
+    return np.sqrt(v)
+
+
 @njit(cache=True, parallel=True)
 def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric):
-    """Scalar NNGP/NTK for erf (``act == ERF``) or relu (otherwise), vectorised along rows.
+    """Scalar NNGP/NTK for erf (``act == ERF``), gelu (``act == GELU``) or relu (otherwise),
+    vectorised along rows.
 
     erf:  with ``u_l = 1/sqrt(1 + 2 v_l)`` per point and ``x = 2 c u_l(i) u_l(j)``:
           ``F00 = 2/pi asin(x)``, ``F11 = 4/pi u_l(i) u_l(j) / sqrt(1 - x^2)``.
+    gelu: with ``u_l = v_l``: ``F00``, ``F11`` of ``jacntk.kernels._moments._gelu_scalar``
+          (``gelu_layer_row``).
     relu: with ``u_l = sqrt(v_l)`` and ``cos(theta) = c / (u_l(i) u_l(j))``:
           ``F00 = u_l(i) u_l(j) (sin(theta) + (pi - theta) cos(theta)) / (2 pi)``,
           ``F11 = (pi - theta) / (2 pi)``.
@@ -335,8 +350,8 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
     """
     n1, n2 = P.shape
     out = P  # each row reads P[i, j0:] before writing it: the output overwrites P in place
-    u1 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v1) if act == ERF else np.sqrt(v1)).T)
-    u2 = np.ascontiguousarray((1.0 / np.sqrt(1.0 + 2.0 * v2) if act == ERF else np.sqrt(v2)).T)
+    u1 = np.ascontiguousarray(_point_transform(act, v1).T)
+    u2 = np.ascontiguousarray(_point_transform(act, v2).T)
     n_rows = (n1 + 1) // 2 if symmetric else n1
     ntk = kind != 0
     for t in prange(n_rows):
@@ -352,6 +367,8 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
                     c[i] = v1[i, layer]
                 if act == ERF:
                     _erf_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
+                elif act == GELU:
+                    gelu_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
                 else:
                     _relu_layer_row(c[j0:], th[j0:], u2[layer, j0:], u1[layer, i], omega, sb2)
             res = th if ntk else c

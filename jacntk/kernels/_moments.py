@@ -10,15 +10,17 @@ moments
 * erf: closed forms obtained by Price differentiation of
   ``F00 = 2/pi asin(2c / sqrt((1+2a)(1+2b)))`` and ``F11 = 4 / (pi sqrt(Delta))``,
   ``Delta = (1+2a)(1+2b) - 4c^2`` (always > 0).
+* gelu (``phi(u) = u Phi(u)``): closed forms (docs/activations.md, "GELU in closed form") in
+  ``A = 1 + a``, ``B = 1 + b``, ``D = AB - c^2 >= 1 + a + b`` and ``acos(-c / sqrt(AB))``, valid
+  for all variances and every correlation, ``|c| = sqrt(ab)`` included.  The trapezoid rule over
+  its derivative table stays reachable as the test code ``GELU_BY_QUADRATURE``.
 * relu: closed forms with ``cos(theta) = c / sqrt(ab)`` (docs/math.md §7); F22, F31, F13 diverge
-  like
-  ``1/sin(theta)`` at ``theta = 0``, which the caller handles (collinear pairs).
-* gelu, tanh, softplus, silu: a 2-D trapezoid rule in the original Gaussian variables with the
-  analytic derivative tables of ``phi`` up to order 4 — never autodiff through quadrature.
-  (Tensor Gauss–Hermite, docs/math.md §5.4, was measured here to need > 400 nodes per axis for
-  tanh at
-  variance 2 and to fail for gelu at variance 25; the trapezoid rule reaches ~1e-14 at every
-  variance because the cost adapts to sqrt(variance) / step.)
+  like ``1/sin(theta)`` at ``theta = 0``, which the caller handles (collinear pairs).
+* tanh, softplus, silu (and the test codes): a 2-D trapezoid rule in the original Gaussian
+  variables with the analytic derivative tables of ``phi`` up to order 4 — never autodiff through
+  quadrature.  (Tensor Gauss–Hermite, docs/math.md §5.4, was measured here to need > 400 nodes
+  per axis for tanh at variance 2 and to fail for gelu at variance 25; the trapezoid rule reaches
+  ~1e-14 at every variance because the cost adapts to sqrt(variance) / step.)
 
 Which activation takes which route, its integer code and its trapezoid step are read from the
 registry, :mod:`jacntk.kernels._activations` (docs/activations.md).
@@ -36,6 +38,7 @@ from ._activations import (
     ERF,
     ERF_BY_QUADRATURE,
     GELU,
+    GELU_BY_QUADRATURE,
     QUADRATURE_STEP,
     RELU,
     SILU,
@@ -72,9 +75,10 @@ def _sigmoid(u):
 @njit(cache=True)
 def activation_derivatives(act, u, out):
     """Fill ``out[0..4]`` with ``phi(u), phi'(u), ..., phi''''(u)`` for activation code ``act``
-    (the smooth activations of :mod:`jacntk.kernels._activations` and ``ERF_BY_QUADRATURE``;
+    (the smooth activations of :mod:`jacntk.kernels._activations` and the test codes
+    ``ERF_BY_QUADRATURE``, ``GELU_BY_QUADRATURE``;
     NaN for a code without a derivative table)."""
-    if act == GELU:  # u * Phi(u)
+    if act == GELU or act == GELU_BY_QUADRATURE:  # u * Phi(u)
         pdf = _INV_SQRT_2PI * math.exp(-0.5 * u * u)
         cdf = 0.5 * math.erfc(-u / math.sqrt(2.0))
         u2 = u * u
@@ -222,6 +226,85 @@ def _relu_moments(c, a, b, order, F):
     return False
 
 
+_INV_2PI = 0.5 / math.pi
+
+
+@njit(cache=True, inline="always")
+def _gelu_scalar(c, a, b, t):
+    """GELU's ``(F00, F11, D, sqrt(D))`` given ``t = acos(-c / sqrt((1 + a)(1 + b)))`` (the
+    caller's arccosine: libm in ``_gelu_moments``, branch-free in ``gelu_layer_row``)::
+
+        F00 = [c t + (ab D + c^2) / (AB sqrt(D))] / (2 pi)
+        F11 = [t + c (A + B) / (AB sqrt(D)) + c / D^(3/2)] / (2 pi)
+
+    with ``A = 1 + a``, ``B = 1 + b``, ``D = AB - c^2 = 1 + a + b + (ab - c^2)``."""
+    A = 1.0 + a
+    B = 1.0 + b
+    D = (1.0 + a + b) + (a * b - c * c)
+    sd = math.sqrt(D)
+    r = 1.0 / (A * B * sd)
+    f00 = _INV_2PI * (c * t + (a * b * D + c * c) * r)
+    f11 = _INV_2PI * (t + c * ((A + B) * r + 1.0 / (D * sd)))
+    return f00, f11, D, sd
+
+
+@njit(cache=True)
+def _gelu_moments(c, a, b, order, F):
+    """GELU closed forms (docs/activations.md, "GELU in closed form"), ``phi(u) = u Phi(u)``.
+
+    With ``A = 1 + a``, ``B = 1 + b``, ``D = AB - c^2``, ``alpha = A/D``, ``beta = B/D``,
+    ``gamma = c/D`` and ``w = 1 / (2 pi sqrt(D))``::
+
+        F20 = [b (a + 2) - c^2 (1 + 2/A + 1/D)] / (2 pi A sqrt(D))        (F02: a <-> b)
+        F22 = w [(1 + alpha)(1 + beta) + 2 gamma^2]
+        F31 = -w c [(A + 2)/A^2 + (A + B)/(A D) + 3 B/D^2]                 (F13: a <-> b)
+        F33 = w gamma [1 + 3 (alpha + beta) + 9 alpha beta + 6 gamma^2]
+        F42 = -w [beta (1 + alpha)(1 + 3 beta) + 2 gamma^2 (1 + 6 beta)]  (F24: a <-> b)
+
+    (F00, F11: ``_gelu_scalar``).  ``D >= 1 + a + b`` for every admissible pair, so nothing is
+    singular, at ``c^2 = ab`` neither; every moment but F00, F11, F20, F02 is a sum of terms of
+    one sign.
+    """
+    A = 1.0 + a
+    B = 1.0 + b
+    x = min(1.0, max(-1.0, c / math.sqrt(A * B)))
+    F[0], F[1], D, sd = _gelu_scalar(c, a, b, 0.5 * math.pi + math.asin(x))
+    if order >= JETS:
+        c2 = c * c
+        iD = 1.0 / D
+        w = _INV_2PI / sd
+        F[2] = w * (b * (a + 2.0) - c2 * (1.0 + 2.0 / A + iD)) / A
+        F[3] = w * (a * (b + 2.0) - c2 * (1.0 + 2.0 / B + iD)) / B
+        al = A * iD
+        be = B * iD
+        ga = c * iD
+        g2 = ga * ga
+        F[4] = w * ((1.0 + al) * (1.0 + be) + 2.0 * g2)
+        F[5] = -w * c * ((A + 2.0) / (A * A) + (A + B) * iD / A + 3.0 * B * iD * iD)
+        F[6] = -w * c * ((B + 2.0) / (B * B) + (A + B) * iD / B + 3.0 * A * iD * iD)
+        if order >= NTK_JETS:
+            F[7] = w * ga * (1.0 + 3.0 * (al + be) + 9.0 * al * be + 6.0 * g2)
+            F[8] = -w * (be * (1.0 + al) * (1.0 + 3.0 * be) + 2.0 * g2 * (1.0 + 6.0 * be))
+            F[9] = -w * (al * (1.0 + be) * (1.0 + 3.0 * al) + 2.0 * g2 * (1.0 + 6.0 * al))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def gelu_layer_row(c, th, v2l, vi, omega, sb2):
+    """One GELU layer of the scalar recursion for a row of pairs, branch-free (vectorised):
+    ``c[j] <- omega F00 + sigma_b^2`` and ``th[j] <- c[j] + omega F11 th[j]`` (the NTK; unused
+    by the NNGP) at ``(c[j], a = vi, b = v2l[j])``, the variances ``v_l`` of the two points.
+    The row of ``jacntk.kernels._fields._closed_form_scalar_tile`` (per-point transform: the
+    variance itself), equal to ``_gelu_moments`` up to the last bits of ``asin``."""
+    A = 1.0 + vi
+    for j in range(c.shape[0]):
+        cj = c[j]
+        asn, _ = asin_and_cos(cj / math.sqrt(A * (1.0 + v2l[j])))
+        f00, f11, _, _ = _gelu_scalar(cj, vi, v2l[j], 0.5 * math.pi + asn)
+        cn = omega * f00 + sb2
+        th[j] = cn + omega * f11 * th[j]
+        c[j] = cn
+
+
 #: Truncation of the Gaussian weights at R standard deviations (exp(-R^2/2) ~ 3e-18).
 _R = 9.0
 # The trapezoid step per activation (QUADRATURE_STEP) is a column of the registry,
@@ -299,7 +382,8 @@ def gaussian_moments(act, c, a, b, order, h, F):
     """Fill ``F`` (length 10) with the moments needed at ``order``; return ``GENERIC``, or for
     ReLU ``ALIGNED`` / ``ANTIPODAL`` at theta = 0 / pi (see ``_relu_moments``).
 
-    ``act`` is an activation code from ``ACT_CODES`` (or ``ERF_BY_QUADRATURE``); ``h`` is the
+    ``act`` is an activation code from ``ACT_CODES`` (or a test code ``ERF_BY_QUADRATURE``,
+    ``GELU_BY_QUADRATURE``: the trapezoid rule over that derivative table); ``h`` is the
     trapezoid step of quadrature activations (``QUADRATURE_STEP``; ignored by the closed forms).
     """
     if act == ERF:
@@ -307,6 +391,9 @@ def gaussian_moments(act, c, a, b, order, h, F):
         return GENERIC
     if act == RELU:
         return _relu_moments(c, a, b, order, F)
+    if act == GELU:
+        _gelu_moments(c, a, b, order, F)
+        return GENERIC
     _quadrature_moments(act, c, a, b, order, h, F)
     return GENERIC
 

@@ -19,6 +19,7 @@ from ._activations import (
     ERF,
     ERF_BY_QUADRATURE_STEP,
     GELU,
+    GELU_BY_QUADRATURE_STEP,
     RELU,
     SILU,
     SOFTPLUS,
@@ -65,8 +66,8 @@ def derivatives(activation: str, u: np.ndarray) -> list[np.ndarray]:
 
 def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.ndarray]:
     """All ten moments ``F^{ij}(c, a, b)`` (keys ``"00"``, ``"11"``, ..., ``"24"``) on arrays
-    (ReLU: the seven finite ones).  ``quadrature``: erf by the trapezoid rule, as the test code
-    ``ERF_BY_QUADRATURE`` of :mod:`jacntk.kernels._moments`."""
+    (ReLU: the seven finite ones).  ``quadrature``: erf or gelu by the trapezoid rule, as the test
+    codes ``ERF_BY_QUADRATURE``, ``GELU_BY_QUADRATURE`` of :mod:`jacntk.kernels._moments`."""
     c, a, b = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (c, a, b)))
     spec = get_activation(activation)
     if spec.code == ERF and not quadrature:
@@ -85,6 +86,24 @@ def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.
             "42": -24 * k * c * B * delta**-2.5,
             "24": -24 * k * c * A * delta**-2.5,
         }
+    if spec.code == GELU and not quadrature:
+        A, B = 1 + a, 1 + b
+        D = A * B - c * c
+        t = np.pi / 2 + np.arcsin(np.clip(c / np.sqrt(A * B), -1, 1))
+        al, be, ga = A / D, B / D, c / D
+        w = 1 / (2 * np.pi * np.sqrt(D))
+        return {
+            "00": w * (c * t * np.sqrt(D) + a * b * D / (A * B) + c * c / (A * B)),
+            "11": w * (t * np.sqrt(D) + c * (A + B) / (A * B) + c / D),
+            "20": w * (b * (a + 2) - c * c * (1 + 2 / A + 1 / D)) / A,
+            "02": w * (a * (b + 2) - c * c * (1 + 2 / B + 1 / D)) / B,
+            "22": w * ((1 + al) * (1 + be) + 2 * ga**2),
+            "31": -w * c * ((A + 2) / A**2 + (A + B) / (A * D) + 3 * B / D**2),
+            "13": -w * c * ((B + 2) / B**2 + (A + B) / (B * D) + 3 * A / D**2),
+            "33": w * ga * (1 + 3 * (al + be) + 9 * al * be + 6 * ga**2),
+            "42": -w * (be * (1 + al) * (1 + 3 * be) + 2 * ga**2 * (1 + 6 * be)),
+            "24": -w * (al * (1 + be) * (1 + 3 * al) + 2 * ga**2 * (1 + 6 * al)),
+        }
     if spec.code == RELU:
         sab = np.sqrt(a * b)
         det = np.maximum(a * b - c * c, 0.0)
@@ -100,7 +119,8 @@ def moments(activation: str, c, a, b, quadrature: bool = False) -> dict[str, np.
                 "31": -c / (2 * np.pi * a * sdet),
                 "13": -c / (2 * np.pi * b * sdet),
             }
-    h = ERF_BY_QUADRATURE_STEP if spec.code == ERF else spec.quadrature_step
+    steps = {ERF: ERF_BY_QUADRATURE_STEP, GELU: GELU_BY_QUADRATURE_STEP}
+    h = steps.get(spec.code, spec.quadrature_step)
     return _trapezoid_moments(activation, c, a, b, h)
 
 

@@ -9,17 +9,21 @@ The task graph has two kinds of small tasks and never holds the matrix:
   its
   manifest record.
 
-Order: validate everything, write metadata and inputs, run the missing tiles, then mark the store
-complete and consolidate its metadata.  A re-run computes only tiles without a manifest record;
-a worker lost mid-task is replaced by the scheduler and its tile recomputed (same bytes).
+Order: validate everything, take the store's lease (one writer per store,
+:mod:`jacntk.store._lease`), write metadata and inputs, check the tiles already recorded, run the
+missing and damaged tiles, then mark the store complete and consolidate its metadata.  A re-run
+computes only tiles without a valid manifest record; a worker lost mid-task is replaced by the
+scheduler and its tile recomputed (same bytes).  A store half-created by a killed writer is
+recognised and replaced (docs/architecture.md §5.7).
 """
 
 from __future__ import annotations
 
 import errno
-import sys
+import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,16 +32,22 @@ from ..arch import MLP, check_kind
 from ..kernels._compute import compute_tile
 from ..kernels._fields import Plan, make_plan
 from ..options import DEFAULT_TILE
+from ..progress import progress_bar
 from ..validation import as_points
 from ._format import (
+    ChecksumError,
     check_dtype,
     check_tile,
     compare_attributes,
-    scan_manifest,
+    done_tiles,
+    fault_point,
+    fingerprint,
+    read_manifest,
     store_attributes,
     upper_tiles,
     utc_now,
 )
+from ._lease import Lease, acquire
 from ._location import StoreLocation, read_store_attributes, writable_arrays
 from ._reader import GramStore
 from ._writer import create_store, mark_complete, write_inputs, write_tile
@@ -48,10 +58,12 @@ class AssemblyReport:
     """What one call of :func:`assemble` did.
 
     ``computed`` tiles were run by this call, ``skipped`` were already recorded in the store's
-    manifest; ``computed + skipped == tiles_total`` when the call succeeds.  ``seconds`` is the
-    wall time of the call, ``compute_seconds`` and ``write_seconds`` the sums over tasks of the
-    time spent in ``compute_tile`` and in writing (chunks, checksums, manifest record),
-    ``bytes_written`` the uncompressed tile bytes.
+    manifest and passed their checksums; ``computed + skipped == tiles_total`` when the call
+    succeeds.  ``repaired`` of the computed tiles were recorded but damaged (recomputed);
+    ``broke_lease`` names the dead writer whose stale lease this call broke, if any.
+    ``seconds`` is the wall time of the call, ``compute_seconds`` and ``write_seconds`` the
+    sums over tasks of the time spent in ``compute_tile`` and in writing (chunks, checksums,
+    manifest record), ``bytes_written`` the uncompressed tile bytes.
     """
 
     url: str
@@ -65,6 +77,8 @@ class AssemblyReport:
     bytes_written: int
     workers: int
     created: bool
+    repaired: int = 0
+    broke_lease: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +159,8 @@ def _check_writable(location: StoreLocation) -> None:
 
 def _existing_meta(location: StoreLocation) -> dict | None:
     """Attributes of a jacntk store at ``location``; None if nothing (or an empty folder) is
-    there.  Raises for something else (kept intact)."""
+    there.  Raises :class:`_NotUsable` for a Zarr store that is not a usable jacntk store, and
+    ``ValueError`` for something else (kept intact)."""
     if not location.exists() or not location.has_entries():
         return None
     fs, root = location.filesystem()
@@ -174,17 +189,25 @@ def prepare_store(
     tile: int | None,
     dtype: str,
     overwrite: bool,
+    lease: Lease,
 ) -> tuple[dict, bool]:
     """Open a compatible store for resuming, or create one.  Returns ``(attributes, created)``.
 
-    Raises ``ValueError`` for a store made for other inputs / settings (unless ``overwrite``),
-    and for a location holding something that is not a Zarr store (always).
+    Replaced without ``overwrite``: a store half-created by a writer that was killed (its
+    attributes lack ``inputs_written``, or the stale lease this writer broke says it was
+    ``creating``).  Raises ``ValueError`` for a store made for other inputs / settings (unless
+    ``overwrite``), and for a location holding something that is not a Zarr store (always).
+    The caller holds ``lease``.
     """
-    try:
-        existing = _existing_meta(location)
-        problem = None
-    except _NotUsable as exc:
-        existing, problem = None, str(exc)
+    half_made = lease.broke is not None and lease.broke.get("phase") == "creating"
+    existing, problem = None, None
+    if not half_made:
+        try:
+            existing = _existing_meta(location)
+        except _NotUsable as exc:
+            problem = str(exc)
+        if existing is not None and not existing.get("inputs_written"):
+            existing, half_made = None, True  # killed while creating: nothing recorded yet
     if tile is None:
         tile = existing["tile"] if existing else DEFAULT_TILE
     tile = min(check_tile(tile), X.shape[0])
@@ -192,45 +215,35 @@ def prepare_store(
     if existing is not None:
         differences = compare_attributes(existing, wanted)
         if not differences:
-            if not existing.get("inputs_written"):
-                try:
-                    write_inputs(location.open_group("r+"), X)
-                except OSError as exc:
-                    raise _io_error(exc, location, "write the inputs") from exc
             return existing, False
         problem = f"{location.url} holds a Gram store made for other settings: " + "; ".join(
             differences
         )
-    if problem is not None and not overwrite:
+    if problem is not None and not overwrite and not half_made:
         raise ValueError(f"{problem}. Use overwrite=True (--overwrite) to replace it")
     try:
+        lease.set_phase("creating")
         create_store(location, wanted, X)
+        lease.set_phase("assembling")
     except OSError as exc:
         raise _io_error(exc, location, "create the store") from exc
     return wanted, True
 
 
-class _Progress:
-    """A bounded one-line text progress bar on stderr (redrawn at most every 0.2 s)."""
+def _request(arch: MLP, X: np.ndarray, kind, jacobian, tile, dtype) -> str:
+    """What a writer asks for, as the key two writers compare (same key: same store)."""
+    return json.dumps(
+        [fingerprint(X), arch.to_dict(), kind, bool(jacobian), tile, dtype], sort_keys=True
+    )
 
-    def __init__(self, total: int, enabled: bool, label: str):
-        self.total, self.enabled, self.label = total, enabled, label
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
 
-    def advance(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.2 or self.done == self.total):
-            self.last = now
-            frac = self.done / max(self.total, 1)
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(
-                f"\r{self.label} [{bar:<30s}] {self.done}/{self.total} tiles {now - self.t0:6.1f} s"
-            )
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+def _damaged_tiles(gram: GramStore, tiles: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The recorded tiles whose chunks fail their checksums (read and checked in parallel)."""
+    if not tiles:
+        return []
+    with ThreadPoolExecutor(min(8, len(tiles))) as pool:
+        problems = list(pool.map(lambda t: gram.tile_problems(*t), tiles))
+    return [t for t, p in zip(tiles, problems, strict=True) if p]
 
 
 def assemble(
@@ -298,34 +311,48 @@ def assemble(
     if tile is not None:
         check_tile(tile)
     location = StoreLocation.of(store, storage_options)
-    n, d = X.shape
     plan = make_plan(arch, kind, jacobian)
-    meta, created = prepare_store(
-        location,
-        arch,
-        X,
-        kind=kind,
-        jacobian=jacobian,
-        tile=tile,
-        dtype=dtype,
-        overwrite=overwrite,
-    )
-    gram = GramStore.open(location)
-    todo = gram.missing_tiles()
-    total = len(upper_tiles(gram.n_tiles))
-    nbytes, workers, compute_seconds, write_seconds = 0, 0, 0.0, 0.0
-    if todo:
-        _check_writable(location)
-        nbytes, workers, compute_seconds, write_seconds = _run_tiles(
-            location, meta, plan, todo, client, cluster, progress
+    try:
+        lease = acquire(location, _request(arch, X, kind, jacobian, tile, dtype))
+    except OSError as exc:
+        raise _io_error(exc, location, "take the store's lease") from exc
+    with lease:
+        meta, created = prepare_store(
+            location,
+            arch,
+            X,
+            kind=kind,
+            jacobian=jacobian,
+            tile=tile,
+            dtype=dtype,
+            overwrite=overwrite,
+            lease=lease,
         )
-    done = scan_manifest(gram.refresh()._array("manifest"), gram.n_tiles)
-    complete = bool(done[np.triu_indices(gram.n_tiles)].all())
-    if complete and (todo or not meta.get("complete")):
+        gram = GramStore.open(location)
         try:
-            mark_complete(location)
-        except OSError as exc:
-            raise _io_error(exc, location, "mark the store complete") from exc
+            gram.points  # noqa: B018 - the stored inputs, checked against the fingerprint
+        except ChecksumError:  # damaged: these inputs have the store's fingerprint
+            write_inputs(location.open_group("r+"), X)
+        recorded = [t for t in upper_tiles(gram.n_tiles) if gram.done[t]]
+        damaged = _damaged_tiles(gram, recorded)
+        todo = sorted(gram.missing_tiles() + damaged)
+        total = len(upper_tiles(gram.n_tiles))
+        nbytes, workers, compute_seconds, write_seconds = 0, 0, 0.0, 0.0
+        if todo:
+            _check_writable(location)
+            nbytes, workers, compute_seconds, write_seconds = _run_tiles(
+                location, meta, plan, todo, client, cluster, progress, lease
+            )
+        records = read_manifest(gram._array("manifest"), gram.n_tiles)
+        complete = bool(done_tiles(records)[np.triu_indices(gram.n_tiles)].all())
+        if complete:  # (again: a run killed while marking left it unconsolidated)
+            fault_point("recorded")
+            lease.check()
+            try:
+                mark_complete(location)
+            except OSError as exc:
+                raise _io_error(exc, location, "mark the store complete") from exc
+    broke = lease.broke
     return AssemblyReport(
         url=location.url,
         tiles_total=total,
@@ -338,10 +365,12 @@ def assemble(
         bytes_written=nbytes,
         workers=workers,
         created=created,
+        repaired=len(damaged),
+        broke_lease=None if broke is None else broke.get("writer"),
     )
 
 
-def _run_tiles(location, meta, plan, todo, client, cluster, progress):
+def _run_tiles(location, meta, plan, todo, client, cluster, progress, lease: Lease):
     """Submit one task per missing tile and wait; returns (bytes written, workers, seconds
     spent computing tiles, seconds spent writing them)."""
     from distributed import as_completed
@@ -350,9 +379,10 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
 
     tile, n = meta["tile"], meta["n"]
     token = uuid.uuid4().hex[:10]
-    enabled = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = _Progress(len(todo), enabled, "assemble")
-    with get_client(cluster, client) as c:
+    with (
+        get_client(cluster, client) as c,
+        progress_bar(len(todo), "assemble", progress, "tile") as bar,
+    ):
         workers = len(c.scheduler_info().get("workers", {}))
         needed = sorted({i for i, _ in todo} | {j for _, j in todo})
         points = {
@@ -386,10 +416,12 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress):
                 result = future.result()
                 if isinstance(result, OSError):
                     raise result
+                if lease.lost is not None:
+                    lease.check()  # raises LeaseLostError
                 nbytes += result[2]
                 compute_seconds += result[3]
                 write_seconds += result[4]
-                bar.advance()
+                bar.update(1)
         except OSError as exc:
             c.cancel(futures)
             raise _io_error(exc, location, "write tiles") from exc

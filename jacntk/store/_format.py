@@ -12,15 +12,18 @@ attributes (``group.attrs["jacntk"]``).  For ``n`` points in ``d`` dimensions an
     K_p, K_pp, K_qr   (Jacobian stores) further self-transposed fields, like K
     K_q, K_pq         (Jacobian stores) written in full (both triangles):
                       K_r = K_q^T and K_pr = K_pq^T (docs/math.md §4.2, ``FIELD_TRANSPOSE``)
-    manifest       (n_tiles, n_tiles, n_fields, 32) uint8, chunks (1, 1, n_fields, 32):
-                   sha256 of every field of tile (I, J), I <= J (values in the stored dtype,
-                   C order; ``FIELD_NAMES`` order for Jacobian stores); all zeros = not done
+    manifest       (n_tiles, n_tiles, n_slots, 2) uint32, chunks (1, 1, n_slots, 2): for each
+                   chunk that tile (I, J), I <= J, writes (``tile_chunks`` order: 1 slot for a
+                   scalar store, 8 for a Jacobian one) its keyed CRC-32C and its byte count;
+                   all zeros = not done (docs/architecture.md §5.7)
 
 Only tiles ``I <= J`` of the symmetric Gram are computed.  The task of tile (I, J) is the only
 writer of chunk (I, J) of every array, of chunk (J, I) of ``K_q`` and ``K_pq``, and of
-``manifest[I, J]``, which it writes *after* its data; unwritten chunks read as NaN.  A lower tile
-is read by mirroring the upper one.  Once every tile is recorded the group attributes say
-``complete`` and the metadata is consolidated.
+``manifest[I, J]``, which it writes *after* its data; unwritten chunks read as NaN.  Every read
+of a chunk is checked against its record (``chunk_record``): a flipped byte, a chunk swapped with
+another, a deleted chunk or one left by another store's writer raises :class:`ChecksumError`.
+A lower tile is read by mirroring the upper one.  Once every tile is recorded the group
+attributes say ``complete`` and the metadata is consolidated.
 
 Stores may live anywhere fsspec reaches (``s3://bucket/gram.zarr`` with ``storage_options``).
 """
@@ -38,7 +41,7 @@ from ..arch import MLP
 from ..kernels._fields import FIELD_NAMES
 
 FORMAT = "jacntk-gram"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyed CRC-32C per chunk (version 1: sha256 per field)
 DTYPES = ("float64", "float32")
 #: Fields kept by a Jacobian store; K_r and K_pr are the transposes of K_q and K_pq.
 STORED_FIELDS = ("K", "K_p", "K_q", "K_pp", "K_pq", "K_qr")
@@ -64,17 +67,49 @@ def fingerprint(X: np.ndarray) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def field_digests(values: np.ndarray) -> np.ndarray:
-    """sha256 of each field of one tile: ``(n_fields, 32)`` uint8.
+def tile_chunks(i: int, j: int, jacobian: bool) -> list[tuple[str, int, int]]:
+    """The chunks tile ``(i, j)``, ``i <= j``, owns, in manifest slot order: ``(array, I, J)``.
 
-    ``values`` is ``(ti, tj)`` (one field) or ``(8, ti, tj)`` in the stored dtype; each field is
-    hashed as its C-order bytes.
+    A scalar store: ``K`` at ``(i, j)``.  A Jacobian store: the six ``STORED_FIELDS`` at
+    ``(i, j)``, then (off the diagonal) ``K_q`` and ``K_pq`` at ``(j, i)``, which hold the
+    tile's ``K_r`` and ``K_pr`` transposed.  ``n_slots`` is 1 or 8.
     """
-    fields = values[None] if values.ndim == 2 else values
-    out = np.empty((fields.shape[0], 32), dtype=np.uint8)
-    for k, f in enumerate(fields):
-        out[k] = np.frombuffer(hashlib.sha256(np.ascontiguousarray(f).tobytes()).digest(), np.uint8)
+    if not jacobian:
+        return [("K", i, j)]
+    out = [(name, i, j) for name in STORED_FIELDS]
+    if i != j:
+        out += [(name, j, i) for name in FULL_FIELDS]
     return out
+
+
+def n_slots(jacobian: bool) -> int:
+    return len(STORED_FIELDS) + len(FULL_FIELDS) if jacobian else 1
+
+
+def chunk_record(store_uuid: str, name: str, ci: int, cj: int, values: np.ndarray) -> tuple:
+    """Manifest record of one chunk: ``(crc, nbytes)``.
+
+    ``crc`` is the CRC-32C (Castagnoli, hardware-accelerated by ``google_crc32c``) of the key
+    ``"<store uuid>/<array>/<I>.<J>"`` followed by the chunk's values in C order, so a chunk moved
+    to another position, another array or another store fails its check; ``nbytes`` is the
+    values' byte count (never 0, so a written record is non-zero).
+
+    Parameters
+    ----------
+    values : (ti, tj) array in the stored dtype, as written / as read back
+    """
+    import google_crc32c
+
+    crc = google_crc32c.value(f"{store_uuid}/{name}/{ci}.{cj}".encode())
+    data = np.ascontiguousarray(values).view()
+    data.setflags(write=False)  # google_crc32c reads read-only buffers (no copy)
+    crc = google_crc32c.extend(crc, data)
+    return int(crc), int(values.nbytes)
+
+
+class ChecksumError(ValueError):
+    """A stored chunk does not match its manifest record: damaged, swapped, deleted, or
+    written by another store's writer."""
 
 
 def upper_tiles(n_tiles: int) -> list[tuple[int, int]]:
@@ -133,6 +168,18 @@ def _indices(sel, n: int, name: str) -> np.ndarray:
     return np.where(arr < 0, arr + n, arr)
 
 
+def fault_point(stage: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process when the environment variable
+    ``JACNTK_KILL_AT`` names ``stage`` (the creation and completion stages of a store, listed in
+    docs/architecture.md §5.7).  Costs one dictionary lookup otherwise."""
+    import os
+
+    if os.environ.get("JACNTK_KILL_AT") == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -142,19 +189,24 @@ def utc_now() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def scan_manifest(manifest, n_tiles: int) -> np.ndarray:
-    """``done[I, J]``: manifest record of tile (I, J) present (non-zero) and readable."""
+def read_manifest(manifest, n_tiles: int) -> np.ndarray:
+    """Every manifest record, ``(n_tiles, n_tiles, n_slots, 2)`` uint32 (all zeros where a
+    tile is not done); a record that cannot be read counts as missing (zeros)."""
     try:
-        digests = manifest[...]
-        return digests.reshape(n_tiles, n_tiles, -1).any(axis=2)
+        return np.asarray(manifest[...], dtype=np.uint32)
     except Exception:  # noqa: BLE001 - a damaged record: fall back to record-by-record reads
-        done = np.zeros((n_tiles, n_tiles), bool)
+        records = np.zeros(manifest.shape, np.uint32)
         for i, j in upper_tiles(n_tiles):
             try:
-                done[i, j] = bool(manifest[i, j].any())
+                records[i, j] = manifest[i, j]
             except Exception:  # noqa: BLE001 - an unreadable record counts as missing
-                done[i, j] = False
-        return done
+                pass
+        return records
+
+
+def done_tiles(records: np.ndarray) -> np.ndarray:
+    """``done[I, J]``: tile (I, J) has a (non-zero) manifest record."""
+    return records.reshape(records.shape[0], records.shape[1], -1).any(axis=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +224,9 @@ def store_attributes(
     layout = {
         "X": "the inputs (n, d) float64",
         "manifest": (
-            "sha256 per field of tile (I, J), I <= J, in the stored dtype and C order; "
-            "all zeros = tile not assembled"
+            "per chunk written by tile (I, J), I <= J: CRC-32C of '<uuid>/<array>/<I>.<J>' "
+            "then the values (stored dtype, C order), and the byte count; all zeros = tile "
+            "not assembled"
         ),
     }
     if jacobian:

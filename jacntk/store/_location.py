@@ -85,7 +85,8 @@ def read_store_attributes(group, url: str) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{url} has jacntk store format version {meta.get('format_version')!r}; this "
-            f"jacntk reads version {FORMAT_VERSION}"
+            f"jacntk reads version {FORMAT_VERSION}; re-assemble it (overwrite=True / "
+            "--overwrite replaces it)"
         )
     required = ("arch", "kind", "jacobian", "n", "d", "tile", "n_tiles", "dtype", "fingerprint")
     missing = [k for k in required if k not in meta]

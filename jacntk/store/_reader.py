@@ -15,11 +15,14 @@ from ._format import (
     _MISSING_SHOWN,
     FULL_FIELDS,
     STORED_FIELDS,
+    ChecksumError,
     _indices,
-    field_digests,
+    chunk_record,
+    done_tiles,
     fingerprint,
+    read_manifest,
     run_concurrently,
-    scan_manifest,
+    tile_chunks,
     upper_tiles,
 )
 from ._location import StoreLocation, read_store_attributes
@@ -31,11 +34,15 @@ class GramStore:
 
     Open with :meth:`open`; build with :func:`jacntk.assemble`.  Queries need no
     cluster; those that touch tiles not yet assembled raise ``ValueError`` naming the tiles.
+    Every chunk read is checked against its manifest record (a keyed CRC-32C,
+    :func:`jacntk.store._format.chunk_record`); a chunk that fails raises
+    :class:`jacntk.store.ChecksumError` naming the tile, before any number is returned.
     """
 
     location: StoreLocation
     meta: dict
     done: np.ndarray = field(repr=False)  # (n_tiles, n_tiles) bool, upper triangle
+    records: np.ndarray = field(default=None, repr=False)  # (n_tiles, n_tiles, n_slots, 2)
     _group: object = field(default=None, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
 
@@ -64,13 +71,18 @@ class GramStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{location.url} is not a readable Zarr store: {exc}") from None
         meta = read_store_attributes(group, location.url)
-        store = cls(location, meta, np.zeros((0, 0), bool), group)
+        store = cls(location, meta, np.zeros((0, 0), bool), _group=group)
         store.refresh()
         return store
 
+    #: Check every chunk read against its record (switched off only by the benchmark that
+    #: measures what the check costs).
+    _verify_reads = True
+
     def refresh(self) -> GramStore:
-        """Re-read the completion manifest (tiles written since opening)."""
-        self.done = scan_manifest(self._array("manifest"), self.n_tiles)
+        """Re-read the manifest (tiles written or repaired since opening)."""
+        self.records = read_manifest(self._array("manifest"), self.n_tiles)
+        self.done = done_tiles(self.records)
         return self
 
     def __getstate__(self):
@@ -103,8 +115,16 @@ class GramStore:
 
     @functools.cached_property
     def points(self) -> np.ndarray:
-        """The inputs X, (n, d) float64."""
-        return np.ascontiguousarray(self._array("X")[...], dtype=np.float64)
+        """The inputs X, (n, d) float64, checked against the store's fingerprint
+        (:class:`ChecksumError` if they do not match)."""
+        X = np.ascontiguousarray(self._array("X")[...], dtype=np.float64)
+        if self._verify_reads and fingerprint(X) != self.meta["fingerprint"]:
+            raise ChecksumError(
+                f"{self.location.url}: the stored inputs X do not match the store's fingerprint "
+                "(a damaged or replaced chunk of X). Re-run the assembly with the original "
+                "inputs: it rewrites X"
+            )
+        return X
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -159,17 +179,81 @@ class GramStore:
                 f"{self.n_tiles * (self.n_tiles + 1) // 2} done); re-run the assembly to finish"
             )
 
+    def _owner(self, name: str, ci: int, cj: int) -> tuple[int, int, int]:
+        """``(I, J, slot)``: the tile whose manifest records chunk ``(ci, cj)`` of ``name``."""
+        if not self.jacobian:
+            return min(ci, cj), max(ci, cj), 0
+        if ci <= cj:
+            return ci, cj, STORED_FIELDS.index(name)
+        return cj, ci, len(STORED_FIELDS) + FULL_FIELDS.index(name)
+
+    def _chunk_problems(self, chunks, values) -> list[str]:
+        """The chunks among ``chunks`` (``(array, ci, cj)``) whose ``values`` do not match
+        their manifest records (a record that fails is re-read once: a repair may have
+        rewritten it since this store was opened)."""
+        uuid = self.meta["uuid"]
+        problems = []
+        for (name, ci, cj), x in zip(chunks, values, strict=True):
+            got = chunk_record(uuid, name, ci, cj, x)
+            i, j, slot = self._owner(name, ci, cj)
+            if got == tuple(int(r) for r in self.records[i, j, slot]):
+                continue
+            self.records[i, j] = np.asarray(self._array("manifest")[i, j], np.uint32)
+            if got != tuple(int(r) for r in self.records[i, j, slot]):
+                missing = bool(np.all(np.isnan(x))) if x.dtype.kind == "f" else False
+                what = "is missing (reads as fill values)" if missing else "fails its checksum"
+                problems.append(f"chunk {name}[{ci}, {cj}] {what}")
+        return problems
+
+    def _read_chunks(self, chunks) -> list[np.ndarray]:
+        """Read chunks ``(array, ci, cj)`` together, each checked against its record.
+
+        Raises
+        ------
+        ChecksumError
+            A chunk is damaged, swapped, deleted or was written by another store's writer.
+        """
+        sl = self.tile_slice
+        got = run_concurrently(
+            [self._array(name).async_array.getitem((sl(ci), sl(cj))) for name, ci, cj in chunks]
+        )
+        if self._verify_reads:
+            problems = self._chunk_problems(chunks, got)
+            if problems:
+                i, j, _ = self._owner(*chunks[0])
+                url = self.location.url
+                raise ChecksumError(
+                    f"{url}: tile ({i}, {j}) is damaged: {'; '.join(problems)} (a damaged, "
+                    "swapped or deleted chunk, or one written by another store's writer). "
+                    f"Run `jacntk verify {url}` to list every damaged tile, then re-run the "
+                    "assembly with the store's settings (jacntk assemble / jacntk.assemble), "
+                    "which recomputes exactly the damaged tiles"
+                )
+        return got
+
+    def tile_problems(self, i: int, j: int) -> list[str]:
+        """Upper tile ``i <= j``: the chunks that do not match their records (``[]`` if none;
+        a chunk that cannot be read at all is reported as such)."""
+        chunks = tile_chunks(i, j, self.jacobian)
+        sl = self.tile_slice
+        try:
+            got = run_concurrently(
+                [self._array(n).async_array.getitem((sl(a), sl(b))) for n, a, b in chunks]
+            )
+        except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
+            return [f"unreadable chunk: {exc}"]
+        return self._chunk_problems(chunks, got)
+
     def upper_tile(self, i: int, j: int) -> np.ndarray:
         """Upper tile ``i <= j`` in the stored dtype (float32 stays float32): ``(ti, tj)`` or
-        ``(8, ti, tj)``."""
-        ri, rj = self.tile_slice(i), self.tile_slice(j)
+        ``(8, ti, tj)``, every chunk checked (:class:`ChecksumError` if one fails)."""
+        chunks = tile_chunks(i, j, self.jacobian)
+        got = self._read_chunks(chunks)
         if not self.jacobian:
-            return self._array("K")[ri, rj]
-        reads = [(name, (ri, rj)) for name in STORED_FIELDS]
-        reads += [("K_q", (rj, ri)), ("K_pq", (rj, ri))]
-        got = run_concurrently([self._array(name).async_array.getitem(sel) for name, sel in reads])
+            return got[0]
         parts = dict(zip(STORED_FIELDS, got[:6], strict=True))
-        parts["K_r"], parts["K_pr"] = got[6].T, got[7].T
+        mirrors = got[6:] if i != j else got[2:5:2]  # K_q, K_pq at (j, i), or the diagonal's
+        parts["K_r"], parts["K_pr"] = mirrors[0].T, mirrors[1].T
         return np.stack([parts[name] for name in FIELD_NAMES])
 
     def tile_block(self, i: int, j: int) -> np.ndarray:
@@ -301,14 +385,17 @@ class GramStore:
         names = FIELD_NAMES if self.jacobian else ("K",)
         if name not in names:
             raise ValueError(f"unknown field {name!r}; this store has {', '.join(names)}")
-        ri, rj = self.tile_slice(i), self.tile_slice(j)
+        self.tile_slice(i), self.tile_slice(j)
         self._require([(i, j)])
         mirrored = {"K_r": "K_q", "K_pr": "K_pq"}
         if name in mirrored:
-            return self._array(mirrored[name])[rj, ri].T.astype(np.float64)
+            [x] = self._read_chunks([(mirrored[name], j, i)])
+            return x.T.astype(np.float64)
         if name in FULL_FIELDS or i <= j:
-            return self._array(name)[ri, rj].astype(np.float64)
-        return self._array(name)[rj, ri].T.astype(np.float64)
+            [x] = self._read_chunks([(name, i, j)])
+            return x.astype(np.float64)
+        [x] = self._read_chunks([(name, j, i)])
+        return x.T.astype(np.float64)
 
     def to_dask(self):
         """The scalar Gram as a dask array (n, n), or a dict of the eight (n, n) field arrays.
@@ -358,35 +445,21 @@ class GramStore:
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
             raise ValueError(f"sample must be a non-negative integer, got {sample!r}")
         report = {"url": self.location.url, "damaged": [], "recomputed": []}
+        report["fingerprint_ok"] = False
         try:
             X = self.points
-            report["fingerprint_ok"] = fingerprint(X) == self.meta["fingerprint"]
+            report["fingerprint_ok"] = True
+        except ChecksumError:
+            problem = "inputs X do not match the stored fingerprint"
+            report["damaged"].append({"tile": None, "problem": problem})
         except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
-            report["fingerprint_ok"] = False
             report["damaged"].append({"tile": None, "problem": f"inputs X unreadable: {exc}"})
-        if not report["fingerprint_ok"] and not report["damaged"]:
-            report["damaged"].append(
-                {"tile": None, "problem": "inputs X do not match the stored fingerprint"}
-            )
-        digests = self._array("manifest")
         done = [(i, j) for i, j in upper_tiles(self.n_tiles) if self.done[i, j]]
         readable = []
-        names = FIELD_NAMES if self.jacobian else ("K",)
         for i, j in done:
-            try:
-                T = self.upper_tile(i, j)
-            except Exception as exc:  # noqa: BLE001
-                report["damaged"].append({"tile": [i, j], "problem": f"unreadable chunk: {exc}"})
-                continue
-            bad = [
-                names[k]
-                for k, (a, b) in enumerate(zip(field_digests(T), digests[i, j], strict=True))
-                if not np.array_equal(a, b)
-            ]
-            if bad:
-                report["damaged"].append(
-                    {"tile": [i, j], "problem": f"checksum mismatch in {', '.join(bad)}"}
-                )
+            problems = self.tile_problems(i, j)
+            if problems:
+                report["damaged"].append({"tile": [i, j], "problem": "; ".join(problems)})
             else:
                 readable.append((i, j))
         if sample and readable and report["fingerprint_ok"]:

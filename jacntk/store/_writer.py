@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..kernels._fields import FIELD_NAMES
-from ._format import STORED_FIELDS, field_digests, run_concurrently, utc_now
+from ._format import (
+    STORED_FIELDS,
+    chunk_record,
+    fault_point,
+    n_slots,
+    run_concurrently,
+    tile_chunks,
+    utc_now,
+)
 from ._location import StoreLocation, writable_arrays
+
+
+def clear_location(location: StoreLocation) -> None:
+    """Remove everything at ``location`` (entry by entry; the caller holds the store's lease)."""
+    fs, root = location.filesystem()
+    try:
+        entries = fs.ls(root, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = [root] if fs.exists(root) else []
+    for k, entry in enumerate(entries):
+        fs.rm(entry, recursive=True)
+        if k == 0:
+            fault_point("clearing")
 
 
 def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
     """Create (replacing anything there) the group, its arrays and the inputs.  Returns the
-    group.  The attributes are written first, in the group's own ``zarr.json``."""
+    group.  The attributes are written first, in the group's own ``zarr.json``, with
+    ``inputs_written`` false until every array exists and ``X`` is written: a store without it
+    is half-created and is replaced by the next assembly (docs/architecture.md
+    §5.7).  The caller holds the lease."""
     import zarr
 
+    if location.has_entries():
+        clear_location(location)
     group = zarr.open_group(
         store=location.zarr_store(read_only=False),
         mode="w",
         zarr_format=3,
         attributes={"jacntk": attrs},
     )
+    fault_point("group")
     n, d, tile, nt = attrs["n"], attrs["d"], attrs["tile"], attrs["n_tiles"]
     names = STORED_FIELDS if attrs["jacobian"] else ("K",)
     for name in names:
@@ -35,16 +60,19 @@ def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
             dimension_names=("i", "j"),
             attributes={"description": attrs["layout"][name]},
         )
+    fault_point("arrays")
+    slots = n_slots(attrs["jacobian"])
     group.create_array(
         "manifest",
-        shape=(nt, nt, len(attrs["fields"]), 32),
-        chunks=(1, 1, len(attrs["fields"]), 32),
-        dtype="uint8",
+        shape=(nt, nt, slots, 2),
+        chunks=(1, 1, slots, 2),
+        dtype="uint32",
         fill_value=0,
         compressors=None,
-        dimension_names=("I", "J", "field", "sha256"),
-        attributes={"description": attrs["layout"]["manifest"], "fields": attrs["fields"]},
+        dimension_names=("I", "J", "slot", "record"),
+        attributes={"description": attrs["layout"]["manifest"]},
     )
+    fault_point("manifest")
     group.create_array(
         "X",
         shape=(n, d),
@@ -54,13 +82,16 @@ def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
         dimension_names=("i", "feature"),
         attributes={"description": attrs["layout"]["X"]},
     )
+    fault_point("inputs-array")
     write_inputs(group, X)
+    fault_point("created")
     return group
 
 
 def write_inputs(group, X: np.ndarray) -> None:
     """Write X, then mark it written in the attributes."""
     group["X"][...] = X
+    fault_point("inputs-data")
     meta = dict(group.attrs["jacntk"])
     meta["inputs_written"] = True
     group.attrs["jacntk"] = meta
@@ -68,27 +99,29 @@ def write_inputs(group, X: np.ndarray) -> None:
 
 def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values, meta) -> int:
     """Write tile ``(i, j)``, ``i <= j`` (float64 ``(ti, tj)`` or ``(8, ti, tj)``) into the
-    chunks it owns, then its manifest record.  Returns the bytes written (uncompressed)."""
+    chunks it owns (``tile_chunks``), then its manifest record (a keyed CRC-32C per chunk,
+    ``chunk_record``).  Returns the bytes written (uncompressed)."""
     arrays = writable_arrays(location, store_uuid)
     tile, n = meta["tile"], meta["n"]
-    ri = slice(i * tile, min(n, (i + 1) * tile))
-    rj = slice(j * tile, min(n, (j + 1) * tile))
     v = np.array(values, dtype=meta["dtype"])
-    if v.ndim == 2:
-        writes = [("K", (ri, rj), v)]
-    else:
-        index = FIELD_NAMES.index
-        if i == j:
-            # A diagonal tile stores K_q and K_pq only; K_r and K_pr are read back as their
-            # transposes (equal up to rounding on the diagonal), so record exactly that.
-            v[index("K_r")], v[index("K_pr")] = v[index("K_q")].T, v[index("K_pq")].T
-        writes = [(name, (ri, rj), v[index(name)]) for name in STORED_FIELDS]
-        if i != j:
-            writes += [("K_q", (rj, ri), v[index("K_r")].T), ("K_pq", (rj, ri), v[index("K_pr")].T)]
-    with ThreadPoolExecutor(1) as pool:  # hashing (releases the GIL) overlaps the writes
-        digests = pool.submit(field_digests, v)
-        run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x in writes])
-        arrays["manifest"][i, j] = digests.result()  # last: the tile is done
+    index = FIELD_NAMES.index
+    mirror = {"K_q": "K_r", "K_pq": "K_pr"}  # chunk (j, i) of K_q holds K_r of (i, j), transposed
+    writes = []
+    # A diagonal tile stores K_q and K_pq only; its K_r and K_pr are read back as their
+    # transposes (equal up to rounding on the diagonal).
+    for name, ci, cj in tile_chunks(i, j, v.ndim == 3):
+        if v.ndim == 2:
+            x = v
+        elif (ci, cj) == (i, j):
+            x = v[index(name)]
+        else:
+            x = np.ascontiguousarray(v[index(mirror[name])].T)
+        sel = (slice(ci * tile, min(n, (ci + 1) * tile)), slice(cj * tile, min(n, (cj + 1) * tile)))
+        writes.append((name, sel, x, chunk_record(store_uuid, name, ci, cj, x)))
+    run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x, _ in writes])
+    record = np.zeros((n_slots(v.ndim == 3), 2), np.uint32)
+    record[: len(writes)] = [r for *_, r in writes]
+    arrays["manifest"][i, j] = record  # last: the tile is done
     return int(v.nbytes)
 
 
@@ -110,9 +143,11 @@ def mark_complete(location: StoreLocation) -> None:
             orphan.unlink(missing_ok=True)
     group = location.open_group("r+")
     meta = dict(group.attrs["jacntk"])
+    if not meta.get("complete") or "completed" not in meta:
+        meta["completed"] = utc_now()
     meta["complete"] = True
-    meta["completed"] = utc_now()
     group.attrs["jacntk"] = meta
+    fault_point("marked")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(location.zarr_store(read_only=False))

@@ -1,10 +1,10 @@
 """Training dynamics of the infinite-width network: the training system, coefficients,
-predictions and the scikit-learn-style estimator, with their options as data
+predictions and the scikit-learn estimators, with their options as data
 (:class:`SolverOptions`, :class:`OperatorOptions`)."""
 
 from ..options import OperatorOptions, SolverOptions, resolve_options
 from ._coefficients import Coefficients, SolveDiagnostics, solve_coefficients
-from ._estimator import KernelRegressor
+from ._estimator import KernelClassifier, KernelRegressor
 from ._predict import (
     Prediction,
     cross_product,
@@ -16,6 +16,7 @@ from ._system import TrainingSystem, initial_outputs, training_residual, trainin
 
 __all__ = [
     "Coefficients",
+    "KernelClassifier",
     "KernelRegressor",
     "OperatorOptions",
     "Prediction",
