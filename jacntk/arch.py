@@ -26,8 +26,8 @@ class MLP:
     depth : int
         Number of hidden layers ``L >= 1`` (the readout is linear).
     activation : str
-        One of ``ACTIVATIONS``: ``"erf"``, ``"relu"`` (closed forms), ``"gelu"`` (exact,
-        ``u * Phi(u)``), ``"tanh"``, ``"softplus"``, ``"silu"`` (quadrature); the registry
+        One of ``ACTIVATIONS``: ``"erf"``, ``"relu"``, ``"gelu"`` (exact, ``u * Phi(u)``) in
+        closed form, ``"tanh"``, ``"softplus"``, ``"silu"`` (quadrature); the registry
         :mod:`jacntk.kernels._activations` says which is which (docs/activations.md).
     sigma_w, sigma_b : float
         Weight and bias scales (``sigma_w > 0``, ``sigma_b >= 0``).

@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from jacntk import KernelClassifier, KernelRegressor  # noqa: E402
 from jacntk.data import one_hot  # noqa: E402
 from jacntk.options import UNSET, OperatorOptions, SolverOptions  # noqa: E402
-from jacntk.training._estimator import _sklearn_expected_failed_checks  # noqa: E402
+from jacntk.training._sklearn import _sklearn_expected_failed_checks  # noqa: E402
 
 # Light settings: depth 2 and a small ridge keep every check's solve well conditioned and fast.
 LIGHT = dict(depth=2, jitter=1e-6)
@@ -230,7 +230,7 @@ import jacntk
 assert "sklearn" not in sys.modules, "import jacntk imported sklearn"
 sys.modules["sklearn"] = None  # from here on, 'import sklearn' raises ImportError
 import numpy as np
-from jacntk.training._estimator import NotFittedError
+from jacntk.training._sklearn import NotFittedError
 X = np.random.default_rng(0).standard_normal((12, 2))
 try:
     jacntk.KernelClassifier().predict(X)
