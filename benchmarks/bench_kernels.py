@@ -1,5 +1,7 @@
 """Kernel throughput: scalar NTK+NNGP, the eight JNTK fields, and the structured product
-against materialising the dense augmented matrix.  Writes the "kernels" section of RESULTS.md.
+against materialising the dense augmented matrix.  Writes the "kernels" section of RESULTS.md,
+and "kernels-activations": pairs/s of the scalar NTK and the Jacobian fields for every
+activation with each one's accuracy against its reference (``--activations-only``: just that).
 
     .venv/bin/python benchmarks/bench_kernels.py          # full sizes (N = 10,000)
     .venv/bin/python benchmarks/bench_kernels.py --quick  # seconds, for a smoke run
@@ -64,7 +66,113 @@ else:
 """
 
 
-def run_worker(cfg: dict, threads: int) -> dict:
+ACTIVATION_WORKER = r"""
+import dataclasses, json, sys, time
+import numpy as np
+import jacntk
+from jacntk.kernels._activations import (
+    ERF_BY_QUADRATURE, GELU_BY_QUADRATURE, QUADRATURE_STEP, get_activation, trapezoid_reference,
+)
+from jacntk.kernels._compute import compute_tile
+from jacntk.kernels._fields import make_plan
+from jacntk.kernels._reference import reference_fields
+cfg = json.loads(sys.argv[1])
+name, d = cfg["activation"], cfg["d"]
+rng = np.random.default_rng(0)
+X = rng.standard_normal((cfg["n_scalar"], d)) / np.sqrt(d) * 2.0
+arch = jacntk.MLP(3, name, sigma_w=1.5, sigma_b=0.1)
+fkind = "ntk_truncated" if name == "relu" else "ntk"
+def timed(A, kind, jac):
+    compute_tile(arch, A[:64], kind=kind, jacobian=jac)  # compile outside timing
+    t0 = time.perf_counter(); compute_tile(arch, A, kind=kind, jacobian=jac)
+    return time.perf_counter() - t0
+ts = timed(X, "ntk", False)
+tf = timed(X[: cfg["n_fields"]], fkind, True)
+# accuracy on a small set with the diagonal, a duplicate, x' = -x and a near-duplicate
+Z = X[:20].copy(); Z[1] = Z[0]; Z[3] = -Z[2]; Z[5] = Z[4] * (1 + 1e-7)
+W = np.vstack([Z[:6], -Z[6:12], rng.standard_normal((4, d)) / np.sqrt(d) * 2.0])
+def reference(kind, jac, A, B):
+    row = get_activation(name)
+    if name == "relu":
+        return reference_fields(arch, A, B, kind=kind, jacobian=jac), "NumPy reference"
+    code = {"erf": ERF_BY_QUADRATURE, "gelu": GELU_BY_QUADRATURE}.get(name, row.code)
+    plan = make_plan(arch, kind, jac)
+    plan = dataclasses.replace(plan, act=trapezoid_reference(code),
+                               h=QUADRATURE_STEP[code] / 2, closed_form=False)
+    return compute_tile(arch, A, B, kind=kind, jacobian=jac, plan=plan), "2-D trapezoid, h/2"
+def err(kind, jac):
+    worst = 0.0
+    for A, B in ((Z, None), (Z, W)):
+        got = compute_tile(arch, A, B, kind=kind, jacobian=jac)
+        ref, what = reference(kind, jac, A, B)
+        if jac:
+            e = max(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max() for k in range(8))
+        else:
+            e = np.abs(got - ref).max() / np.abs(ref).max()
+        worst = max(worst, e)
+    return worst, what
+es, what = err("ntk", False)
+ef, _ = err(fkind, True)
+print(json.dumps({"scalar_s": ts, "fields_s": tf, "scalar_err": es, "fields_err": ef,
+                  "reference": what, "fields_kind": fkind}))
+"""
+
+
+def activation_rows(quick: bool, threads: int) -> str:
+    """The per-activation table (issue 14): pairs/s of the scalar NTK and of the Jacobian
+    fields for every activation, with each one's accuracy against its reference."""
+    n_scalar, n_fields = (500, 200) if quick else (2000, 1000)
+    rows, base = [], {}
+    for name in ("erf", "relu", "gelu", "tanh", "softplus", "silu"):
+        cfg = {"activation": name, "d": 784, "n_scalar": n_scalar, "n_fields": n_fields}
+        r = run_worker(cfg, threads, ACTIVATION_WORKER)
+        ps = n_scalar * (n_scalar + 1) / 2 / r["scalar_s"]
+        pf = n_fields * (n_fields + 1) / 2 / r["fields_s"]
+        base.setdefault("scalar", ps)
+        base.setdefault("fields", pf)
+        route = {"tanh": "Hermite", "softplus": "Hermite", "silu": "Hermite"}.get(name, "closed")
+        rows.append(
+            [
+                name,
+                route,
+                f"{ps:.3g}",
+                f"{base['scalar'] / ps:.1f}x",
+                f"{r['scalar_err']:.1e}",
+                f"{pf:.3g} ({r['fields_kind']})",
+                f"{base['fields'] / pf:.1f}x",
+                f"{r['fields_err']:.1e}",
+                r["reference"],
+            ]
+        )
+    body = table(
+        [
+            "activation",
+            "moments",
+            "scalar NTK pairs/s",
+            "vs erf",
+            "scalar rel. err",
+            "fields pairs/s",
+            "vs erf",
+            "fields rel. err",
+            "reference",
+        ],
+        rows,
+    )
+    body += (
+        f"\nDepth 3, d = 784, sigma_w = 1.5, sigma_b = 0.1, float64, {threads} Numba threads; "
+        f"pairs = the upper half N(N+1)/2, scalar NTK at N = {n_scalar}, fields at "
+        f"N = {n_fields} (one run each, compilation excluded).  Errors: the largest relative "
+        "difference (per field, against its largest entry) over a symmetric tile of 20 points "
+        "with the diagonal, a duplicate, x' = -x and a near-duplicate, and a cross tile; "
+        "the reference of erf and gelu is the 2-D trapezoid rule over their derivative tables "
+        "(`ERF_BY_QUADRATURE`, `GELU_BY_QUADRATURE`), of tanh/softplus/silu their own "
+        "(`trapezoid_reference`), each at half its step.  Load average at start: "
+        f"{os.getloadavg()[0]:.1f}.\n"
+    )
+    return body
+
+
+def run_worker(cfg: dict, threads: int, worker: str = WORKER) -> dict:
     env = dict(
         os.environ,
         NUMBA_NUM_THREADS=str(threads),
@@ -72,7 +180,7 @@ def run_worker(cfg: dict, threads: int) -> dict:
         OMP_NUM_THREADS=str(threads),
     )
     out = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(cfg)],
+        [sys.executable, "-c", worker, json.dumps(cfg)],
         env=env,
         check=True,
         capture_output=True,
@@ -86,8 +194,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--activations-only",
+        action="store_true",
+        help="only the per-activation table (section kernels-activations)",
+    )
     args = parser.parse_args(argv)
     threads = os.cpu_count() or 1
+    activations = activation_rows(args.quick, threads)
+    write_section("kernels-activations", activations)
+    print(activations)
+    if args.activations_only:
+        return
     n_scalar, n_fields = (1000, 200) if args.quick else (10_000, 2_000)
     repeats = 2 if args.quick else args.repeats
     load = os.getloadavg()[0]

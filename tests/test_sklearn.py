@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from jacntk import KernelClassifier, KernelRegressor  # noqa: E402
 from jacntk.data import one_hot  # noqa: E402
 from jacntk.options import UNSET, OperatorOptions, SolverOptions  # noqa: E402
-from jacntk.training._sklearn import _sklearn_expected_failed_checks  # noqa: E402
+from jacntk.training._sklearn import sklearn_expected_failed_checks  # noqa: E402
 
 # Light settings: depth 2 and a small ridge keep every check's solve well conditioned and fast.
 LIGHT = dict(depth=2, jitter=1e-6)
@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*does not inherit from .*BaseEstimator")
     _CHECKS = parametrize_with_checks(
         [KernelRegressor(**LIGHT), KernelClassifier(**LIGHT)],
-        expected_failed_checks=_sklearn_expected_failed_checks,
+        expected_failed_checks=sklearn_expected_failed_checks,
     )
 
 
@@ -42,7 +42,7 @@ def test_scikit_learn_estimator_checks(estimator, check):
 
 
 def test_only_the_documented_check_is_expected_to_fail():
-    reasons = _sklearn_expected_failed_checks(KernelRegressor())
+    reasons = sklearn_expected_failed_checks(KernelRegressor())
     assert set(reasons) == {"check_parameters_default_constructible"}
     assert "UNSET" in reasons["check_parameters_default_constructible"]
 

@@ -149,6 +149,26 @@ def test_cli_info_query_verify(jacobian_store, points, tmp_path):
 
     v = jacntk_cli("verify", jacobian_store, "--sample", 1)
     assert v.returncode == 0 and v.stdout.strip().endswith("OK"), v.stdout + v.stderr
+    assert v.stderr == ""  # not a terminal: no bar by default
+
+
+def stderr_bytes(*args) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the CLI keeping stderr's carriage returns (text mode turns them into newlines)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "jacntk", *map(str, args)], capture_output=True, timeout=120
+    )
+    return proc, proc.stderr.decode()
+
+
+def test_cli_verify_progress_is_one_bar_over_checks_then_recomputations(jacobian_store):
+    v, err = stderr_bytes("verify", jacobian_store, "--sample", 2, "--progress")
+    assert v.returncode == 0 and v.stdout.decode().strip().endswith("OK"), err
+    # one bar redrawn in place: 28 tiles checked + 2 recomputed, one line once closed
+    assert err.count("\n") == 1 and err.endswith("\n"), repr(err)
+    final = err.strip().split("\r")[-1]
+    assert final.startswith("verify") and "30/30" in final and "0 damaged" in final, final
+    quiet, err = stderr_bytes("verify", jacobian_store, "--sample", 2, "--quiet")
+    assert quiet.returncode == 0 and err == "" and quiet.stdout == v.stdout
 
 
 def test_cli_verify_reports_a_corrupted_chunk(client, points, tmp_path):
@@ -158,10 +178,12 @@ def test_cli_verify_reports_a_corrupted_chunk(client, points, tmp_path):
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 3] ^= 0xFF
     chunk.write_bytes(bytes(raw))
-    v = jacntk_cli("verify", path, "--sample", 0)
-    assert v.returncode == 1, v.stderr
-    damaged = [line for line in v.stdout.splitlines() if line.startswith("DAMAGED ")]
+    v, err = stderr_bytes("verify", path, "--sample", 0, "--progress")
+    assert v.returncode == 1, err
+    damaged = [line for line in v.stdout.decode().splitlines() if line.startswith("DAMAGED ")]
     assert len(damaged) == 1 and damaged[0].startswith("DAMAGED tile (1, 3)"), v.stdout
+    final = err.strip().split("\r")[-1]
+    assert "28/28" in final and "1 damaged" in final, repr(err)
 
 
 def test_cli_bad_input_is_a_clear_error_and_leaves_store_intact(jacobian_store, points, tmp_path):

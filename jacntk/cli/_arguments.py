@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from jacntk.distributed import ClusterOptions
-
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """The scheduler/TLS options shared by every CLI command that computes."""
@@ -35,8 +33,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-key", metavar="PEM", help="client private key (TLS)")
 
 
-def cluster_options(args: argparse.Namespace) -> ClusterOptions:
-    """The :class:`ClusterOptions` of the arguments added by :func:`add_cluster_arguments`."""
+def cluster_options(args: argparse.Namespace):
+    """The :class:`jacntk.distributed.ClusterOptions` of the arguments added by
+    :func:`add_cluster_arguments`."""
+    from jacntk.distributed import ClusterOptions
+
     return ClusterOptions(
         args.scheduler, args.scheduler_file, args.workers, args.tls_ca, args.tls_cert, args.tls_key
     )

@@ -7,15 +7,18 @@ import contextlib
 import json
 import math
 import sys
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ._arguments import (
     add_cluster_arguments,
+    add_progress_arguments,
+    add_storage_argument,
     check_output_file,
     cluster_options,
+    storage_options,
     wants_cluster,
 )
 
@@ -29,8 +32,11 @@ def register(sub) -> None:
         help="train the infinite-width network on a stored Gram (CG / Lanczos)",
         description="Predictions of the infinite-width network trained (with optional Jacobian "
         "regularisation) on the points of a Gram store, at the given training times "
-        "(t = inf by default: kernel regression).  Prints one progress line per solver "
-        "iteration on stderr.  Without --test, predictions are made at the training points.",
+        "(t = inf by default: kernel regression).  A store that fits in memory is read once "
+        "and solved directly at t = inf (Cholesky); a larger one by preconditioned CG "
+        "(Nystrom for a scalar Gram).  Progress: one bar per solver on stderr (iterations, "
+        "residual, rate), and one summary line of the route taken.  Without --test, "
+        "predictions are made at the training points.",
     )
     p.add_argument("store", metavar="STORE", help="Gram store (path or URL), complete")
     p.add_argument("--targets", required=True, metavar="Y.npy", help="(N,) or (N, k) targets")
@@ -76,7 +82,8 @@ def register(sub) -> None:
         "--preconditioner",
         choices=PRECONDITIONERS,
         default=solver.preconditioner,
-        help="preconditioner of CG at t = inf (default %(default)s)",
+        help="preconditioner of CG at t = inf; 'block-jacobi' of a scalar Gram (a mere "
+        "diagonal scaling) runs Nystrom instead (default %(default)s)",
     )
     group.add_argument(
         "--rank",
@@ -90,7 +97,9 @@ def register(sub) -> None:
         "--operator",
         choices=OPERATORS,
         default=operator.operator,
-        help="how the Gram is applied; 'auto' is 'stored' for a store (default %(default)s)",
+        help="how the Gram is applied: 'auto' reads a store into memory when it fits (direct "
+        "solve at t = inf), else uses its tiles; 'stored' always uses the tiles (cached or "
+        "streamed: CG at t = inf) (default %(default)s)",
     )
     group.add_argument(
         "--tile",
@@ -98,6 +107,8 @@ def register(sub) -> None:
         default=operator.tile,
         help="points per tile of matrix-free products (default %(default)s)",
     )
+    add_storage_argument(p)
+    add_progress_arguments(p)
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
@@ -128,19 +139,56 @@ def _load_array(path: str, name: str) -> np.ndarray:
 
 
 class _Progress:
-    """One line per solver iteration on stderr."""
+    """Solver progress as one tqdm bar per solver run (:func:`jacntk.progress.progress_bar`):
+    iterations, the worst residual (CG) or error estimate (Lanczos), rate and elapsed time on
+    one line redrawn in place.
 
-    def __init__(self):
-        self.t0 = time.perf_counter()
+    ``phases`` are the ``(label, measure)`` of the runs expected in order (Lanczos for finite
+    times, then CG at ``t = inf``); a new run is recognised by its iteration count restarting.
+    """
 
-    def __call__(self, iteration, measure):
+    def __init__(self, phases: list[tuple[str, str]], progress: bool | None):
+        self.phases = phases or [("solve", "residual")]
+        self.progress = progress
+        self._stack = contextlib.ExitStack()
+        self._bar = None
+        self._phase = -1
+        self._last = 0
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _next(self) -> None:
+        from jacntk.progress import progress_bar
+
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._phase = min(self._phase + 1, len(self.phases) - 1)
+        label = self.phases[self._phase][0]
+        self._bar = self._stack.enter_context(progress_bar(None, label, self.progress))
+        self._last = 0
+
+    def __call__(self, iteration: int, measure) -> None:
+        if self._bar is None or iteration <= self._last:
+            self._next()
         worst = float(np.max(measure)) if np.size(measure) else 0.0
-        print(
-            f"solve: iteration {iteration}: max residual/error {worst:.3e} "
-            f"({time.perf_counter() - self.t0:.1f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
+        self._bar.set_postfix_str(f"{self.phases[self._phase][1]} {worst:.2e}", refresh=False)
+        self._bar.update(iteration - self._last)
+        self._last = iteration
+
+
+def _route_line(diagnostics) -> str:
+    """One summary line of a solve: its route and the seconds of each step."""
+    steps = ", ".join(f"{name} {sec:.2f} s" for name, sec in diagnostics.seconds.items())
+    line = f"solve: {diagnostics.route}"
+    if diagnostics.cg:
+        line += f"; {diagnostics.cg}"
+    for summary in diagnostics.lanczos:
+        line += f"; {summary}"
+    return line + (f" ({steps})" if steps else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if times is not None and any(not (t >= 0) for t in times):
         raise ValueError(f"--time values must be >= 0 (inf allowed), got {times}")
     solver = solver_options(args)
-    store = GramStore.open(args.store)
+    store = GramStore.open(args.store, storage_options(args.storage_option))
     raw = _load_array(args.targets, "--targets")
     try:
         y = one_hot(raw) if args.one_hot else np.asarray(raw, dtype=np.float64)
@@ -172,7 +220,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--one-hot: {exc}") from None
     X_test = as_points(_load_array(args.test, "--test"), "--test") if args.test else None
     y_test = _load_array(args.test_targets, "--test-targets") if args.test_targets else None
-    progress = _Progress()
+    phases = []
+    if args.steps is not None or any(0 < t < math.inf for t in times):
+        phases.append(("Lanczos", "error"))
+    if times is not None and math.inf in times:
+        phases.append(("CG", "residual"))
     cluster = get_client(cluster_options(args)) if wants_cluster(args) else contextlib.nullcontext()
     with cluster as client:
         system = training_system(
@@ -190,15 +242,22 @@ def run(args: argparse.Namespace) -> int:
             + (f" on {len(client.scheduler_info()['workers'])} workers" if client else ""),
             file=sys.stderr,
         )
-        coef = solve_coefficients(
-            system,
-            training_residual(system, y),
-            times=times,
-            steps=args.steps,
-            learning_rate=args.learning_rate,
-            solver=solver,
-            callback=progress,
-        )
+        # warnings wait until the bar is closed, so that they do not break its line
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _Progress(phases, args.progress) as progress:
+                coef = solve_coefficients(
+                    system,
+                    training_residual(system, y),
+                    times=times,
+                    steps=args.steps,
+                    learning_rate=args.learning_rate,
+                    solver=solver,
+                    callback=progress,
+                )
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        print(_route_line(coef.diagnostics), file=sys.stderr)
         if X_test is not None:
             pred = cross_product(system, X_test, coef.Z, gradients=args.gradients)
         else:

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from ._arguments import (
     add_cluster_arguments,
     add_progress_arguments,
@@ -35,7 +33,11 @@ def register(sub) -> None:
     p.add_argument(
         "data",
         metavar="DATA",
-        help="points: .npy, .npz, a Zarr array, or fashion-mnist[:N] / fashion-mnist-test[:N]",
+        help="points: .npy, .npz, a Zarr array, or NAME[:N][:raw|standardise] with NAME "
+        "fashion-mnist or fashion-mnist-test: the first N rows, raw = pixels/255 in [0, 1] "
+        "(the default), standardise = per pixel (x - mean) / (std + 1e-3) / 2 with the N "
+        "training rows' statistics (as 'jacntk demo'); 'jacntk data' exports the labels and "
+        "test split of the same spec",
     )
     p.add_argument("--out", required=True, metavar="STORE", help="store path or fsspec URL")
     p.add_argument("--kind", default="ntk", choices=KINDS)
@@ -90,12 +92,14 @@ def register(sub) -> None:
         "verify",
         help="check a Gram store's checksums and recompute sampled tiles",
         description="Check the input fingerprint and every recorded tile's checksums, "
-        "recompute SAMPLE tiles from the inputs, and report damage (exit status 1).",
+        "recompute SAMPLE tiles from the inputs, and report damage (exit status 1).  The "
+        "progress bar counts the tiles checked, then the tiles recomputed.",
     )
     p.add_argument("store", metavar="STORE")
     p.add_argument("--sample", type=int, default=2, metavar="K", help="tiles to recompute")
     p.add_argument("--seed", type=int, default=0, help="seed of the tile sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_progress_arguments(p)
     add_storage_argument(p)
     p.set_defaults(func=run_verify)
 
@@ -127,11 +131,12 @@ def _as_cli_error(exc: OSError) -> Exception:
 
 def run_assemble(args: argparse.Namespace) -> int:
     from jacntk.arch import MLP
-    from jacntk.data import load_points
+    from jacntk.data import load_points, parse_data_spec
     from jacntk.store import LeaseLostError, StoreBusyError, assemble
 
     arch = MLP(args.depth, args.activation, args.sigma_w, args.sigma_b, args.kappa)
     X = load_points(args.data)
+    spec = parse_data_spec(args.data)
     try:
         report = assemble(
             arch,
@@ -145,6 +150,7 @@ def run_assemble(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=args.progress,
             storage_options=storage_options(args.storage_option),
+            source=str(spec),
         )
     except OSError as exc:
         raise _as_cli_error(exc) from exc
@@ -156,9 +162,11 @@ def run_assemble(args: argparse.Namespace) -> int:
         return status
     state = "complete" if report.complete else "INCOMPLETE (re-run the command to finish it)"
     repaired = f" ({report.repaired} damaged tiles recomputed)" if report.repaired else ""
+    source = f" ({spec})" if spec.name is not None else ""
     print(
-        f"{report.url}: computed {report.computed} tiles{repaired}, skipped {report.skipped} "
-        f"already done, {report.tiles_total} in all; {state}; {report.seconds:.2f} s, "
+        f"{report.url}{source}: computed {report.computed} tiles{repaired}, "
+        f"skipped {report.skipped} already done, {report.tiles_total} in all; {state}; "
+        f"{report.seconds:.2f} s, "
         f"{report.bytes_written / 1e6:.1f} MB written by {report.workers} workers"
     )
     return status
@@ -185,11 +193,15 @@ def run_info(args: argparse.Namespace) -> int:
         f" ({'complete' if info['complete'] else 'incomplete'})"
     )
     print(f"inputs:      {info['fingerprint']}")
+    if info.get("source"):
+        print(f"data:        {info['source']}")
     print(f"jacntk:      {info['jacntk_version']}, created {info['created']}")
     return 0
 
 
 def run_query(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from jacntk.store import GramStore
 
     if args.out:  # a bad folder fails before the store is read
@@ -210,7 +222,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from jacntk.store import GramStore
 
     gram = GramStore.open(args.store, storage_options(args.storage_option))
-    report = gram.verify(sample=args.sample, seed=args.seed)
+    report = gram.verify(sample=args.sample, seed=args.seed, progress=args.progress)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

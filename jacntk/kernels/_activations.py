@@ -32,7 +32,9 @@ class Activation:
         The Gaussian moments ``F^{ij}`` have closed forms (``_erf_moments``, ``_relu_moments``,
         ``_gelu_moments`` in :mod:`jacntk.kernels._moments`, a vectorised scalar row in
         :func:`jacntk.kernels._fields._closed_form_scalar_tile`); otherwise they come from the
-        trapezoid rule over the derivative table (docs/math.md §5.4).
+        trapezoid rule over the derivative table (docs/math.md §5.4) per pair, and in the tiles
+        from the Hermite (Mehler) series with per-point coefficients and a per-pair bound
+        (docs/activations.md, "The Hermite route").
     quadrature_step : float or None
         The trapezoid step ``h`` (docs/math.md §5.4) of a quadrature activation; ``None``
         exactly for the closed forms.
@@ -90,6 +92,22 @@ GELU_BY_QUADRATURE = 101
 GELU_BY_QUADRATURE_STEP = 0.3
 
 
+#: Reference-code offset: ``TRAPEZOID_REFERENCE + code`` is the activation ``code`` with every
+#: moment from the per-pair 2-D trapezoid rule (``_quadrature_moments``, its registry step) in
+#: every tile too, where the quadrature activations otherwise take the Hermite (Mehler) route
+#: (docs/activations.md, "The Hermite route"); the test reference of that route, never accepted
+#: by ``MLP``.  ``trapezoid_reference(code)`` forms it.
+TRAPEZOID_REFERENCE = 1000
+
+
+def trapezoid_reference(code: int) -> int:
+    """The reference code of a quadrature activation or test code: the same derivative table,
+    every moment by the per-pair trapezoid rule (``TRAPEZOID_REFERENCE + code``)."""
+    if code not in QUADRATURE_STEP:
+        raise ValueError(f"code {code} has no trapezoid rule (a closed form or unknown)")
+    return TRAPEZOID_REFERENCE + code
+
+
 def check_registry(rows: tuple[Activation, ...]) -> None:
     """Raise ``ValueError`` unless ``rows`` is a valid registry: unique names, codes
     ``0, 1, ..., len(rows) - 1`` in order (they index Numba dispatch), and only ReLU not smooth
@@ -124,6 +142,10 @@ QUADRATURE_STEP: dict[int, float] = {
     ERF_BY_QUADRATURE: ERF_BY_QUADRATURE_STEP,
     GELU_BY_QUADRATURE: GELU_BY_QUADRATURE_STEP,
 }
+
+#: Codes ``0 .. N_ACTIVATIONS - 1`` are the registry's; the quadrature ones among them take the
+#: Hermite route in the tiles, the test codes (>= 100) and reference codes the trapezoid rule.
+N_ACTIVATIONS = len(REGISTRY)
 
 # Named dispatch codes: Numba freezes these module globals into the compiled kernels.
 ERF = BY_NAME["erf"].code

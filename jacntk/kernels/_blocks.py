@@ -82,9 +82,17 @@ def augment(
         return _routed(fields, X1, X2, arch, kind).dense()
     data = np.ascontiguousarray(_field_arrays(fields), dtype=np.float64)
     A, B = _check_points(data, X1, X2)
+    return _augment_as(data, A, B, np.float64)
+
+
+def _augment_as(data: np.ndarray, A: np.ndarray, B: np.ndarray, dtype) -> np.ndarray:
+    """:func:`augment` of validated ``(8, n1, n2)`` fields into a matrix of ``dtype`` (float64,
+    or float32 for ``precision="float32"``, docs/math.md §14): the blocks are formed in float64
+    and rounded once, without a float64 copy of the dense matrix."""
+    data = np.ascontiguousarray(data, dtype=np.float64)
     n1, d = A.shape
     n2 = B.shape[0]
-    G = np.empty((n1, d + 1, n2, d + 1))
+    G = np.empty((n1, d + 1, n2, d + 1), dtype=dtype)
     _augment_into(data, np.ascontiguousarray(A), np.ascontiguousarray(B), G)
     return G.reshape(n1 * (d + 1), n2 * (d + 1))
 

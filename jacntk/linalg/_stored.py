@@ -1,10 +1,13 @@
-"""The Gram matrix of a Zarr store as an operator, streamed tile by tile.
+"""The Gram matrix of a Zarr store as an operator: held in memory when it fits, else streamed
+tile by tile.
 
-Tiles are read from the store (and cached while memory allows); the symmetric half
-is multiplied twice, once transposed.  A Jacobian store holds the eight fields; the pairs
-that :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where the
-fields cancel) are repaired from the store's own inputs ``X``, so the operator has the numbers
-of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
+Where it lives is decided once, by :func:`fits_in_memory` against one budget (half of the memory
+available, or ``cache_mb``): the whole matrix as one float64 array (``dense``: the direct route
+of a ``t = inf`` solve), else its upper tiles (``cached``), else streamed from the store on every
+product.  The symmetric half is multiplied twice, once transposed.  A Jacobian store holds
+the eight fields; the pairs that :func:`jacntk.kernels._compute.stable_pairs` routes
+(near-collinear ReLU pairs, where the fields cancel) are repaired from the store's own inputs
+``X``, so the operator has the numbers of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,35 @@ import numpy as np
 
 from ..kernels._compute import route_fields, routed_diagonal_blocks
 from ._gram import GramOperator, _as_columns, symmetric_product, tile_product
+
+#: Dense copies of the matrix the direct route holds at once: the matrix kept in memory and the
+#: scaled copy that LAPACK factorises in place (``jacntk.training._coefficients``).
+DIRECT_COPIES = 2
+
+
+def fits_in_memory(nbytes: float, budget_mib: float | None = None) -> bool:
+    """The one rule deciding whether a stored Gram is held in memory.
+
+    Parameters
+    ----------
+    nbytes : float
+        Bytes the in-memory form needs.
+    budget_mib : float, optional
+        Budget in MiB; default :func:`memory_budget_mib` (half of the memory available now).
+
+    Returns
+    -------
+    bool
+        ``nbytes <= budget_mib * 2**20``.
+    """
+    if budget_mib is None:
+        budget_mib = memory_budget_mib()
+    return nbytes <= budget_mib * 2**20
+
+
+def memory_budget_mib() -> float:
+    """Default budget of :func:`fits_in_memory`: half of :func:`available_memory_mib`."""
+    return available_memory_mib() / 2
 
 
 def available_memory_mib() -> float:
@@ -63,13 +95,30 @@ class StoredGram(GramOperator):
         from the store (a handle scattered once); the vector is scattered (broadcast) once per
         product.
         Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
+        Unused when the matrix is held ``dense``.
     values_only : bool
         For a Jacobian store, use only the value field ``K`` (the scalar Gram, block 1).
     cache_mb : float, optional
-        Without a client: if the stored upper tiles (scalar tiles in the stored dtype, fields
-        as float64) take at most this many MiB, they are read once, on the first product, and
-        kept in memory; larger Grams are streamed from the store on every product.  Default:
-        half of the memory available now (``MemAvailable``), so a Gram that fits is read once.
+        Memory budget in MiB of :func:`fits_in_memory`; default half of the memory available
+        now (``MemAvailable``).
+    dense : bool or None, default False
+        Hold the whole matrix in memory as one float64 array (read on first use; products by
+        BLAS; :meth:`to_dense` returns it without a copy).  None: when ``DIRECT_COPIES`` such
+        arrays, ``DIRECT_COPIES * 8 (N * block)^2`` bytes, fit the budget
+        (``training_system(operator="auto")`` asks this, and a dense stored Gram is solved
+        directly at ``t = inf``).  False: tiles only.
+
+    Attributes
+    ----------
+    dense : bool
+        Whether the matrix is held as one dense array.
+    cached : bool
+        Whether products read memory only: ``dense``, or (without a client) the stored upper
+        tiles -- scalar tiles in the stored dtype, fields as float64, ``N (N + tile) / 2``
+        entries -- fit the budget and are read once, on the first product.  Otherwise every
+        product streams the tiles from the store.
+    budget_mib : float
+        The budget these two decisions were made against.
 
     Notes
     -----
@@ -79,7 +128,13 @@ class StoredGram(GramOperator):
     """
 
     def __init__(
-        self, store, *, client=None, values_only: bool = False, cache_mb: float | None = None
+        self,
+        store,
+        *,
+        client=None,
+        values_only: bool = False,
+        cache_mb: float | None = None,
+        dense: bool | None = False,
     ):
         if not store.complete:
             missing = store.missing_tiles()
@@ -90,24 +145,91 @@ class StoredGram(GramOperator):
         self.store = store
         self.client = client
         self._remote_store = None
-        if client is not None:
-            # a fresh handle (no cached points) is scattered once; each worker loads X lazily
-            fresh = type(store).open(store.location)
-            [self._remote_store] = client.scatter([fresh], broadcast=True, hash=False)
         self.values_only = bool(values_only) or not store.jacobian
         self.points = np.asarray(store.points) if store.jacobian else None
         self.arch, self.kind = store.arch, store.kind
         block = 1 if self.values_only else store.d + 1
         super().__init__(store.n, block)
+        self.budget_mib = float(memory_budget_mib() if cache_mb is None else cache_mb)
+        size = store.n * block
+        self.dense_bytes = DIRECT_COPIES * 8.0 * size**2
+        self.dense = (
+            bool(dense) if dense is not None else fits_in_memory(self.dense_bytes, self.budget_mib)
+        )
         # scalar tiles are kept in the stored precision (a float32 store: half the memory)
         per_entry = np.dtype(store.dtype).itemsize if not store.jacobian else 8
         per_entry *= 1 if self.values_only else 8
+        self.tile_bytes = store.n * (store.n + store.tile) / 2 * per_entry
         self._cache = None
-        if cache_mb is None:
-            cache_mb = available_memory_mib() / 2
-        self.cached = client is None and store.n * (store.n + store.tile) / 2 * per_entry <= (
-            cache_mb * 2**20
+        self._dense = None
+        self.cached = self.dense or (
+            client is None and fits_in_memory(self.tile_bytes, self.budget_mib)
         )
+        if client is not None and not self.dense:
+            # a fresh handle (no cached points) is scattered once; each worker loads X lazily
+            fresh = type(store).open(store.location)
+            [self._remote_store] = client.scatter([fresh], broadcast=True, hash=False)
+
+    @property
+    def residency(self) -> str:
+        """Where the products read the matrix: ``"in memory (dense)"``, ``"tiles cached in
+        memory"``, ``"streamed on the cluster"`` or ``"streamed from the store"``, with the
+        sizes behind the decision (MiB against :attr:`budget_mib`)."""
+        mib = 2.0**20
+        if self.dense:
+            one = self.dense_bytes / DIRECT_COPIES / mib
+            where = f"in memory (dense, {DIRECT_COPIES} x {one:,.0f} MiB"
+        elif self.cached:
+            where = f"tiles cached in memory ({self.tile_bytes / mib:,.0f} MiB"
+        else:
+            where = "streamed " + (
+                "on the cluster" if self.client is not None else "from the store"
+            )
+            where += (
+                f" (dense {self.dense_bytes / mib:,.0f} MiB, tiles {self.tile_bytes / mib:,.0f} MiB"
+            )
+        return where + f"; budget {self.budget_mib:,.0f} MiB)"
+
+    def load(self) -> np.ndarray:
+        """The matrix as one float64 array, read from the store once (``dense`` only; the
+        array is kept and shared: do not modify it)."""
+        if not self.dense:
+            raise ValueError("StoredGram.load() needs dense=True (the matrix held in memory)")
+        if self._dense is None:
+            self._dense = self._read_dense()
+        return self._dense
+
+    def _read_dense(self) -> np.ndarray:
+        """Fill the ``(N * block)^2`` matrix from the upper tiles, mirrored (fields expanded
+        through their routing: ``RoutedFields.dense``)."""
+        b, store = self.block, self.store
+        out = np.empty(self.shape)
+        for i in range(store.n_tiles):
+            si = store.tile_slice(i)
+            ri = slice(si.start * b, si.stop * b)
+            for j in range(i, store.n_tiles):
+                sj = store.tile_slice(j)
+                rj = slice(sj.start * b, sj.stop * b)
+                data = store.upper_tile(i, j)
+                if store.jacobian and self.values_only:
+                    data = data[0]
+                elif store.jacobian:
+                    data = route_fields(
+                        self.arch,
+                        self.kind,
+                        np.asarray(data, np.float64),
+                        self.points[si],
+                        self.points[sj],
+                    ).dense()
+                out[ri, rj] = data
+                if j != i:
+                    out[rj, ri] = data.T
+        return out
+
+    def to_dense(self) -> np.ndarray:
+        """The dense matrix: the held array when ``dense`` (not a copy), else read from the
+        tiles into a new array."""
+        return self.load() if self.dense else self._read_dense()
 
     def _upper_tiles(self):
         """Upper tiles ``(i, j, data)``, read once into memory (scalar tiles in the stored
@@ -134,6 +256,8 @@ class StoredGram(GramOperator):
 
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
+        if self.dense:
+            return self.load() @ V
         if self.cached:
             slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
             points = None if self.values_only else self.points

@@ -190,6 +190,7 @@ def prepare_store(
     dtype: str,
     overwrite: bool,
     lease: Lease,
+    source: str | None = None,
 ) -> tuple[dict, bool]:
     """Open a compatible store for resuming, or create one.  Returns ``(attributes, created)``.
 
@@ -212,6 +213,8 @@ def prepare_store(
         tile = existing["tile"] if existing else DEFAULT_TILE
     tile = min(check_tile(tile), X.shape[0])
     wanted = store_attributes(arch, X, kind=kind, jacobian=jacobian, tile=tile, dtype=dtype)
+    if source is not None:
+        wanted["source"] = str(source)  # where the inputs came from (not compared on resume)
     if existing is not None:
         differences = compare_attributes(existing, wanted)
         if not differences:
@@ -260,6 +263,7 @@ def assemble(
     overwrite: bool = False,
     progress: bool | None = None,
     storage_options: dict | None = None,
+    source: str | None = None,
 ) -> AssemblyReport:
     """Assemble the Gram matrix of ``X`` (or the Jacobian kernel's fields) into a Zarr store.
 
@@ -287,6 +291,9 @@ def assemble(
         Progress bar on stderr; default: when stderr is a terminal.
     storage_options : dict, optional
         fsspec options for a URL store (e.g. ``endpoint_url``, ``key``, ``secret`` for S3).
+    source : str, optional
+        Where ``X`` came from (e.g. the CLI's data spec ``fashion-mnist:3000:standardise``),
+        recorded in a new store's attributes as ``source``.
 
     Returns
     -------
@@ -310,6 +317,10 @@ def assemble(
     dtype = check_dtype(dtype)
     if tile is not None:
         check_tile(tile)
+    if client is None:  # an embedded cluster may start: a script needs its __main__ guard
+        from ..distributed import check_main_guard
+
+        check_main_guard()
     location = StoreLocation.of(store, storage_options)
     plan = make_plan(arch, kind, jacobian)
     try:
@@ -327,6 +338,7 @@ def assemble(
             dtype=dtype,
             overwrite=overwrite,
             lease=lease,
+            source=source,
         )
         gram = GramStore.open(location)
         try:

@@ -431,9 +431,19 @@ class GramStore:
         """The compiled-kernel arguments every tile of this store is computed with."""
         return make_plan(self.arch, self.kind, self.jacobian)
 
-    def verify(self, sample: int = 2, seed: int | None = 0) -> dict:
+    def verify(self, sample: int = 2, seed: int | None = 0, progress: bool | None = None) -> dict:
         """Check the store: input fingerprint, every recorded tile's checksums, and ``sample``
         tiles recomputed from the inputs.
+
+        Parameters
+        ----------
+        sample : int
+            Tiles (among the recorded ones that pass their checksums) recomputed and compared.
+        seed : int, optional
+            Seed of the sample.
+        progress : bool, optional
+            One progress bar on stderr: the tiles checked, then the tiles recomputed (counted
+            in one total); default: when stderr is a terminal (:mod:`jacntk.progress`).
 
         Returns
         -------
@@ -442,6 +452,10 @@ class GramStore:
         ``fingerprint_ok``.  ``ok`` is False when anything is damaged, or the store claims to be
         complete while tiles are missing.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..progress import progress_bar
+
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
             raise ValueError(f"sample must be a non-negative integer, got {sample!r}")
         report = {"url": self.location.url, "damaged": [], "recomputed": []}
@@ -455,38 +469,48 @@ class GramStore:
         except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
             report["damaged"].append({"tile": None, "problem": f"inputs X unreadable: {exc}"})
         done = [(i, j) for i, j in upper_tiles(self.n_tiles) if self.done[i, j]]
+        planned = min(sample, len(done)) if report["fingerprint_ok"] else 0
         readable = []
-        for i, j in done:
-            problems = self.tile_problems(i, j)
-            if problems:
-                report["damaged"].append({"tile": [i, j], "problem": "; ".join(problems)})
-            else:
-                readable.append((i, j))
-        if sample and readable and report["fingerprint_ok"]:
-            rng = np.random.default_rng(seed)
-            picks = rng.choice(len(readable), size=min(sample, len(readable)), replace=False)
-            plan = self.plan()
-            rtol = 1e-10 if self.dtype == "float64" else 2e-6
-            for p in sorted(picks):
-                i, j = readable[p]
-                xj = None if i == j else X[self.tile_slice(j)]
-                want = compute_tile(
-                    self.arch,
-                    X[self.tile_slice(i)],
-                    xj,
-                    kind=self.kind,
-                    jacobian=self.jacobian,
-                    plan=plan,
-                )
-                want = want.astype(self.dtype).astype(np.float64)
-                got = self.upper_tile(i, j).astype(np.float64)
-                err = float(np.max(np.abs(got - want)))
-                scale = max(1.0, float(np.max(np.abs(want))))
-                report["recomputed"].append([i, j])
-                if not err <= rtol * scale:
-                    report["damaged"].append(
-                        {"tile": [i, j], "problem": f"recomputed values differ by {err:.3e}"}
+        with progress_bar(len(done) + planned, "verify", progress, "tile") as bar:
+            bar.set_postfix_str("checksums", refresh=False)
+            with ThreadPoolExecutor(max(1, min(8, len(done)))) as pool:  # reads in parallel
+                for (i, j), problems in zip(
+                    done, pool.map(lambda t: self.tile_problems(*t), done), strict=True
+                ):
+                    if problems:
+                        report["damaged"].append({"tile": [i, j], "problem": "; ".join(problems)})
+                        bar.set_postfix_str(f"checksums, {len(report['damaged'])} damaged")
+                    else:
+                        readable.append((i, j))
+                    bar.update(1)
+            if sample and readable and report["fingerprint_ok"]:
+                bar.set_postfix_str("recomputing")
+                rng = np.random.default_rng(seed)
+                picks = rng.choice(len(readable), size=min(sample, len(readable)), replace=False)
+                plan = self.plan()
+                rtol = 1e-10 if self.dtype == "float64" else 2e-6
+                for p in sorted(picks):
+                    i, j = readable[p]
+                    xj = None if i == j else X[self.tile_slice(j)]
+                    want = compute_tile(
+                        self.arch,
+                        X[self.tile_slice(i)],
+                        xj,
+                        kind=self.kind,
+                        jacobian=self.jacobian,
+                        plan=plan,
                     )
+                    want = want.astype(self.dtype).astype(np.float64)
+                    got = self.upper_tile(i, j).astype(np.float64)
+                    err = float(np.max(np.abs(got - want)))
+                    scale = max(1.0, float(np.max(np.abs(want))))
+                    report["recomputed"].append([i, j])
+                    if not err <= rtol * scale:
+                        report["damaged"].append(
+                            {"tile": [i, j], "problem": f"recomputed values differ by {err:.3e}"}
+                        )
+                    bar.update(1)
+            bar.set_postfix_str(f"{len(report['damaged'])} damaged")
         report["tiles_total"] = self.n_tiles * (self.n_tiles + 1) // 2
         report["tiles_done"] = len(done)
         report["missing"] = [list(t) for t in self.missing_tiles()]

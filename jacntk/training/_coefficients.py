@@ -3,6 +3,7 @@ CG or Lanczos (docs/math.md §8.2)."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field, fields
 
@@ -35,9 +36,21 @@ class SolveDiagnostics:
         Ridge ``epsilon`` on ``B``.
     operator : str
         ``"dense"``, ``"structured"`` or ``"stored"``.
+    route : str or None
+        The route taken, in words: the solver of each kind of time and where the operator's
+        products read the matrix (for a stored Gram: held in memory as one dense array, its
+        tiles cached, or streamed, with the sizes and the memory budget that decided it), e.g.
+        ``"t = inf: direct (cholesky); finite times: Lanczos; on the stored Gram in memory
+        (dense, 2 x 122 MiB; budget 11,782 MiB)"``.
     solver : str or None
-        The ``t = inf`` solve: ``"cholesky"``, ``"eigh (pseudo-inverse)"`` (dense ``B``) or
-        ``"cg"``; None when no time is infinite.
+        The ``t = inf`` solve: ``"cholesky"``, ``"eigh (pseudo-inverse)"`` (``B`` in memory:
+        a dense Gram or a stored one that fits) or ``"cg"``; None when no time is infinite.
+    preconditioner : str or None
+        The preconditioner CG ran with, e.g. ``"nystrom (rank 100, mu 6.17e-01)"`` (its
+        regularisation ``mu`` stated), ``"block-jacobi"`` or ``"none"``; None without CG.
+    seconds : dict
+        Wall-clock seconds of each step that ran: ``"read"`` (a stored Gram read into memory),
+        ``"lanczos"``, ``"direct"``, ``"preconditioner"``, ``"cg"``.
     lanczos : tuple of str
         Summary of the Lanczos run of the finite times (empty when there are none).
     ritz_max : float or None
@@ -59,10 +72,13 @@ class SolveDiagnostics:
     c: float
     jitter: float
     operator: str
+    route: str | None = None
     solver: str | None = None
     lanczos: tuple[str, ...] = ()
     ritz_max: float | None = None
     cg: str | None = None
+    preconditioner: str | None = None
+    seconds: dict = field(default_factory=dict, compare=False)
     cg_result: SolveResult | None = field(default=None, compare=False, repr=False)
     solver_options: SolverOptions = field(default_factory=SolverOptions)
 
@@ -111,18 +127,39 @@ def _json_value(value):
 
 
 def _preconditioner(B: ScaledGram, preconditioner, rank: int):
+    """The CG preconditioner and its description (:attr:`SolveDiagnostics.preconditioner`).
+
+    ``"block-jacobi"`` on a block-1 (scalar) Gram would be a diagonal scaling, which does not
+    help these kernel matrices (their diagonal is nearly constant; 3,650 iterations on the
+    demo's Gram): the randomised Nystrom preconditioner of rank ``rank`` runs instead (about 3x
+    fewer iterations at rank 100 on that Gram), with its regularisation ``mu`` -- the jitter
+    when it is positive, else the smallest retained Nystrom eigenvalue -- stated.
+    """
     if preconditioner is None or preconditioner == "none":
-        return None
-    if preconditioner == "block-jacobi":
-        return block_jacobi(B)
-    if preconditioner == "nystrom":
-        return nystrom(B, min(rank, B.shape[0] - 1))
+        return None, "none"
+    if preconditioner == "block-jacobi" and B.block > 1:
+        return block_jacobi(B), "block-jacobi"
+    if preconditioner in ("nystrom", "block-jacobi"):
+        k = min(rank, B.shape[0] - 1)
+        M = nystrom(B, k)
+        note = "" if preconditioner == "nystrom" else " for block-jacobi of a scalar Gram"
+        return M, f"nystrom (rank {k}, mu {M.mu:.3g}){note}"
     if hasattr(preconditioner, "matmat"):
-        return preconditioner
+        return preconditioner, repr(preconditioner)
     raise ValueError(
         "preconditioner must be 'block-jacobi', 'nystrom', None or an operator, got "
         f"{preconditioner!r}"
     )
+
+
+def _where(system: TrainingSystem) -> str:
+    """Where the products of ``system.B`` read the matrix, in words."""
+    base = system.B.base
+    if system.operator == "stored":
+        return f"the stored Gram {base.residency}"
+    if system.operator == "dense":
+        return "the Gram in memory (dense)"
+    return "the matrix-free Gram (fields recomputed per product)"
 
 
 @dataclass
@@ -203,8 +240,12 @@ def solve_coefficients(
     callback=None,
 ) -> Coefficients:
     """Dual coefficients for every time: Lanczos for finite times (one Krylov basis per target
-    column); for ``t = inf`` a direct solve when ``B`` is dense in memory, else preconditioned
-    CG on ``B`` (+ jitter).
+    column); for ``t = inf`` a direct solve (Cholesky, the pseudo-inverse by eigendecomposition
+    where ``B`` is not numerically positive definite) when ``B`` is in memory -- a dense Gram,
+    or a stored one that :class:`jacntk.linalg.StoredGram` holds dense because it fits -- else
+    preconditioned CG on ``B`` (+ jitter): a scalar Gram with the default ``"block-jacobi"``
+    runs the Nystrom preconditioner instead (see ``_preconditioner``).  The route taken is
+    :attr:`SolveDiagnostics.route`.
 
     Parameters
     ----------
@@ -234,13 +275,20 @@ def solve_coefficients(
     rs = system.sqrt_d[:, None] * residual
     Z = np.zeros((t.size, rs.shape[0], rs.shape[1]))
     diag: dict = {"lanczos": ()}
+    seconds: dict[str, float] = {}
+    if system.operator == "stored" and B.base.dense:
+        start = time.perf_counter()
+        B.base.load()  # read once, timed on its own; every later product is in memory
+        seconds["read"] = time.perf_counter() - start
     finite = [i for i in range(t.size) if np.isfinite(t[i]) and t[i] > 0]
     if finite:
         fns = [
             psi_function(c, int(k[i])) if k is not None else phi_function(c, t[i]) for i in finite
         ]
         # one Krylov basis per target column, all advanced by one product per step
+        start = time.perf_counter()
         res = lanczos_functions(B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False)
+        seconds["lanczos"] = time.perf_counter() - start
         Z[finite] = res.values
         ritz_max = res.ritz_max
         diag["lanczos"] = (res.summary(),)
@@ -261,15 +309,29 @@ def solve_coefficients(
                 stacklevel=3,
             )
     inf = [i for i in range(t.size) if np.isinf(t[i])]
-    if inf and system.operator == "dense":
+    route = []
+    if inf and (system.operator == "dense" or getattr(B.base, "dense", False)):
         # In memory: a direct solve beats CG on these ill-conditioned matrices (docs/math.md §9.4).
+        # A stored Gram is held in memory when StoredGram decided it fits (its one rule).
+        start = time.perf_counter()
         x, diag["solver"] = _dense_pinv_solve(B, rs)
+        seconds["direct"] = time.perf_counter() - start
+        route.append(f"t = inf: direct ({diag['solver']})")
         Z[inf] = x
     elif inf:
         diag["solver"] = "cg"
-        M = _preconditioner(B, opts.preconditioner, opts.rank)
+        start = time.perf_counter()
+        M, diag["preconditioner"] = _preconditioner(B, opts.preconditioner, opts.rank)
+        seconds["preconditioner"] = time.perf_counter() - start
+        route.append(
+            "t = inf: CG, unpreconditioned"
+            if diag["preconditioner"] == "none"
+            else f"t = inf: CG with the {diag['preconditioner']} preconditioner"
+        )
         cg_cb = None if callback is None else (lambda it, r: callback(it, r))
+        start = time.perf_counter()
         res = cg(B, rs, M=M, tol=tol, maxiter=maxiter, callback=cg_cb, warn=False)
+        seconds["cg"] = time.perf_counter() - start
         diag["cg"] = res.summary()
         diag["cg_result"] = res
         if not res.converged.all():
@@ -283,6 +345,11 @@ def solve_coefficients(
                 stacklevel=3,
             )
         Z[inf] = res.x.reshape(rs.shape)
+    if finite:
+        route.append("finite times: Lanczos")
     Z *= system.sqrt_d[None, :, None]
-    diagnostics = SolveDiagnostics(c, system.jitter, system.operator, **diag, solver_options=opts)
+    diag["route"] = "; ".join(route + [f"on {_where(system)}"])
+    diagnostics = SolveDiagnostics(
+        c, system.jitter, system.operator, **diag, seconds=seconds, solver_options=opts
+    )
     return Coefficients(t, Z, diagnostics)

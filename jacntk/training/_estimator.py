@@ -11,7 +11,7 @@ scikit-learn asks), ``__sklearn_clone__``, ``__sklearn_is_fitted__``, ``n_featur
 input, ``y=None``, a different number of features) and its ``NotFittedError`` (scikit-learn's
 class when it is installed, else :class:`NotFittedError` here, with the same bases).  So the
 estimators pass ``sklearn.utils.estimator_checks.check_estimator`` (with the one check listed
-by :func:`_sklearn_expected_failed_checks`, and why) and work in ``sklearn.model_selection``;
+by :func:`sklearn_expected_failed_checks`, and why) and work in ``sklearn.model_selection``;
 without scikit-learn, ``fit`` / ``predict`` / ``score`` work the same.
 
 ``clone`` shares what cannot or must not be copied (docs of ``__sklearn_clone__``): a Dask
@@ -39,11 +39,11 @@ from ..validation import check_nonnegative, check_targets
 from ._coefficients import solve_coefficients
 from ._predict import cross_product
 from ._sklearn import (
-    _check_X,
-    _check_y_given,
-    _data_conversion_warning,
-    _is_shared_handle,
-    _not_fitted_error,
+    check_X,
+    check_y_given,
+    data_conversion_warning,
+    is_shared_handle,
+    not_fitted_error,
 )
 from ._system import is_store, training_residual, training_system
 
@@ -140,7 +140,7 @@ class _KernelEstimator:
         """An unfitted copy with the same parameters (what ``sklearn.base.clone`` calls).
 
         As scikit-learn's own clone, every parameter is deep-copied, except the handles of
-        :func:`_is_shared_handle`, which are passed by reference: a ``distributed.Client``
+        :func:`is_shared_handle`, which are passed by reference: a ``distributed.Client``
         (``copy.deepcopy`` of a client fails: "cannot pickle '_asyncio.Task'"; and the
         clones of a cross-validation are meant to run on the same cluster), a ``GramStore``
         and the frozen ``SolverOptions`` / ``OperatorOptions``.  Process-parallel tools
@@ -148,7 +148,7 @@ class _KernelEstimator:
         ``n_jobs=1`` with a client, whose cluster supplies the parallelism.
         """
         params = {
-            name: value if _is_shared_handle(value) else copy.deepcopy(value)
+            name: value if is_shared_handle(value) else copy.deepcopy(value)
             for name, value in self.get_params(deep=False).items()
         }
         return type(self)(**params)
@@ -274,11 +274,11 @@ class _KernelEstimator:
     def _check_fitted(self, X) -> np.ndarray:
         name = type(self).__name__
         if not self.__sklearn_is_fitted__():
-            raise _not_fitted_error()(
+            raise not_fitted_error()(
                 f"This {name} instance is not fitted yet. Call 'fit' with appropriate arguments "
                 "before using this estimator."
             )
-        X = _check_X(X, name)
+        X = check_X(X, name)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {X.shape[1]} features, but {name} is expecting {self.n_features_in_} "
@@ -374,8 +374,8 @@ class KernelRegressor(_KernelEstimator):
         """Solve for the dual coefficients on training inputs ``X`` (n, d), targets ``y``
         (n,) or (n, k)."""
         name = type(self).__name__
-        X = _check_X(X, name)
-        raw = _check_y_given(y, name)
+        X = check_X(X, name)
+        raw = check_y_given(y, name)
         self._solve(X, check_targets(raw.astype(np.float64), X.shape[0], "y"))
         return self
 
@@ -441,12 +441,12 @@ class KernelClassifier(_KernelEstimator):
         """Class labels as a 1-D array of length ``n``, refusing continuous and multi-output
         targets (with scikit-learn's "Unknown label type")."""
         name = type(self).__name__
-        raw = _check_y_given(y, name)
+        raw = check_y_given(y, name)
         if raw.ndim == 2 and raw.shape[1] == 1:
             warnings.warn(
                 "A column-vector y was passed when a 1d array was expected. Please change "
                 "the shape of y to (n_samples,), for example using ravel().",
-                _data_conversion_warning(),
+                data_conversion_warning(),
                 stacklevel=3,
             )
             raw = raw[:, 0]
@@ -475,7 +475,7 @@ class KernelClassifier(_KernelEstimator):
         """Fit on inputs ``X`` (n, d) and class labels ``y`` (n,) (at least two classes)."""
         from ..data import one_hot
 
-        X = _check_X(X, type(self).__name__)
+        X = check_X(X, type(self).__name__)
         labels = self._labels(y, X.shape[0])
         try:
             classes, index = np.unique(labels, return_inverse=True)

@@ -19,7 +19,7 @@ class NotFittedError(ValueError, AttributeError):
     ``sklearn.exceptions.NotFittedError``, which has the same two bases, is raised instead)."""
 
 
-def _not_fitted_error() -> type[Exception]:
+def not_fitted_error() -> type[Exception]:
     try:
         from sklearn.exceptions import NotFittedError as SklearnNotFittedError
     except ImportError:
@@ -27,7 +27,7 @@ def _not_fitted_error() -> type[Exception]:
     return SklearnNotFittedError
 
 
-def _data_conversion_warning() -> type[Warning]:
+def data_conversion_warning() -> type[Warning]:
     try:
         from sklearn.exceptions import DataConversionWarning
     except ImportError:
@@ -35,7 +35,7 @@ def _data_conversion_warning() -> type[Warning]:
     return DataConversionWarning
 
 
-def _sklearn_expected_failed_checks(estimator) -> dict[str, str]:
+def sklearn_expected_failed_checks(estimator) -> dict[str, str]:
     """The ``check_estimator`` checks that cannot apply to jacntk's estimators, with the reason
     (pass as ``check_estimator(est, expected_failed_checks=...)`` or to
     ``parametrize_with_checks``)."""
@@ -60,7 +60,7 @@ def _is_sparse(a) -> bool:
     return scipy.sparse.issparse(a)
 
 
-def _check_X(X, owner: str) -> np.ndarray:
+def check_X(X, owner: str) -> np.ndarray:
     """``X`` as (n, d) float64 (:func:`jacntk.validation.as_points`), refusing sparse, complex,
     1-D and empty input with the messages scikit-learn's checks expect."""
     if X is None:
@@ -91,7 +91,7 @@ def _check_X(X, owner: str) -> np.ndarray:
     return as_points(raw, "X")
 
 
-def _check_y_given(y, owner: str):
+def check_y_given(y, owner: str):
     if y is None:
         raise ValueError(f"{owner} requires y to be passed, but the target y is None")
     if _is_sparse(y):
@@ -102,7 +102,7 @@ def _check_y_given(y, owner: str):
     return raw
 
 
-def _is_shared_handle(value) -> bool:
+def is_shared_handle(value) -> bool:
     """Parameters ``clone`` passes by reference: a Dask client (a connection, not data; it
     cannot be copied), a Gram store and the frozen option objects (immutable values that may
     hold a client)."""

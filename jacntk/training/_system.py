@@ -15,7 +15,8 @@ the gradient slots.  With ``lam = 0`` only the values enter the system (``B`` is
 Gram) and the gradient predictions come from the cross blocks alone.
 
 Solves use the symmetric ``B`` (+ optional jitter ``epsilon I``): Lanczos for all finite times
-in one Krylov basis, preconditioned CG for ``t = inf``.
+in one Krylov basis; for ``t = inf`` a direct solve when ``B`` is in memory (a dense Gram, or a
+stored one that fits), else preconditioned CG.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ def training_system(
     Parameters
     ----------
     operator_options : OperatorOptions, optional
-        ``operator``: ``"auto"`` (the store if given, else dense while the matrix takes at most
+        ``operator``: ``"auto"`` (the store if given -- read into memory as one dense array
+        when that fits, :class:`jacntk.linalg.StoredGram` with ``dense=None``, so that
+        ``t = inf`` is a direct solve -- else dense while the matrix takes at most
         ``DENSE_BYTES``, else matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields
-        per tile) or ``"stored"``; ``tile``, ``cache`` of the matrix-free operator; ``client``
-        of the stored one.  Default: ``OperatorOptions()``.
+        per tile) or ``"stored"`` (the store's tiles, cached or streamed: iterative solves);
+        ``tile``, ``cache`` of the matrix-free operator; ``client`` of the stored one.
+        Default: ``OperatorOptions()``.
     operator, tile, client
         Shorthands for the fields of ``operator_options`` (see
         :func:`jacntk.options.resolve_options`).
@@ -135,7 +139,14 @@ def training_system(
             )
         points = store.points
         if operator in ("auto", "stored"):
-            base: GramOperator = StoredGram(store, client=options.client, values_only=not full)
+            # "auto": held in memory (and solved directly at t = inf) when it fits, the one
+            # decision of StoredGram; "stored": tiles, cached or streamed (iterative solves)
+            base: GramOperator = StoredGram(
+                store,
+                client=options.client,
+                values_only=not full,
+                dense=None if operator == "auto" else False,
+            )
             operator = "stored"
         else:
             StoredGram(store, values_only=True)  # completeness check

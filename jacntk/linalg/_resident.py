@@ -1,0 +1,196 @@
+"""A stored Gram held in the Dask workers' memory for the operator's lifetime.
+
+Each upper tile of a complete :class:`jacntk.store.GramStore` is read (and checked) once, by
+one worker, and stays there; a product sends ``V`` to the workers once, each worker multiplies
+its tiles (each used as itself and as its transpose, :func:`symmetric_product`), and the partial
+results are summed on the workers, so the client receives one ``(N block, k)`` array.
+
+Mechanism: one *future* per worker, the result of a pure loading task
+(``_load_part(store, tiles)``) submitted with ``workers=[w], allow_other_workers=True``.  A
+future, unlike an actor, is recomputable: when a worker dies the scheduler reruns the loading
+task of its part on a surviving worker (reading those tiles from the store again) and the
+product tasks that needed it; the result is the same numbers.  With no worker left the product
+fails with Dask's error.  Tiles are balanced across workers by bytes (longest first).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels._compute import route_fields, routed_diagonal_blocks
+from ._gram import GramOperator, _as_columns, symmetric_product
+
+
+@dataclass
+class _Part:
+    """The tiles one worker holds: ``[(i, j, data)]`` (scalar tiles in the stored dtype,
+    fields as ``RoutedFields``), with what their products need."""
+
+    tiles: list
+    slices: list
+    points: np.ndarray | None
+    block: int
+    diagonal: dict  # {i: stored diagonal of tile (i, i)}: (n_i,) values or (8, n_i) fields
+
+    def product(self, V: np.ndarray) -> np.ndarray:
+        return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(d) for _, _, d in self.tiles)
+
+
+def _nbytes(data) -> int:
+    raw = data.fields if hasattr(data, "fields") else data
+    return int(np.asarray(raw).nbytes)
+
+
+def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
+    """Read (every chunk checked) the upper tiles ``tiles`` of ``store`` into memory."""
+    points = np.asarray(store.points) if store.jacobian and not values_only else None
+    held, diagonal = [], {}
+    for i, j in tiles:
+        if not store.jacobian:
+            data = store.upper_tile(i, j)
+        else:
+            data = np.asarray(store.tile_block(i, j), dtype=np.float64)
+            if values_only:
+                data = data[0]
+        if i == j:  # the stored diagonal, before routing (which zeroes the routed pairs)
+            idx = np.arange(data.shape[-1])
+            diagonal[i] = np.asarray(data[..., idx, idx], dtype=np.float64)
+        if store.jacobian and not values_only:
+            si, sj = store.tile_slice(i), store.tile_slice(j)
+            data = route_fields(store.arch, store.kind, data, points[si], points[sj])
+        held.append((i, j, data))
+    slices = [store.tile_slice(i) for i in range(store.n_tiles)]
+    block = 1 if values_only or not store.jacobian else store.d + 1
+    return _Part(held, slices, points, block, diagonal)
+
+
+def _part_product(part: _Part, V: np.ndarray) -> np.ndarray:
+    return part.product(V)
+
+
+def _part_diagonal(part: _Part) -> dict:
+    return part.diagonal
+
+
+def _total(*partials: np.ndarray) -> np.ndarray:
+    out = partials[0].copy()
+    for p in partials[1:]:
+        out += p
+    return out
+
+
+def balance(weights: list[int], n_bins: int) -> list[list[int]]:
+    """Indices of ``weights`` in ``n_bins`` bins of nearly equal sums (longest first, each to
+    the lightest bin: within 4/3 of the best split)."""
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    loads = [0] * n_bins
+    for k in sorted(range(len(weights)), key=lambda k: -weights[k]):
+        b = loads.index(min(loads))
+        bins[b].append(k)
+        loads[b] += weights[k]
+    return bins
+
+
+class ResidentGram(GramOperator):
+    """A complete Gram store held in the memory of a Dask cluster's workers.
+
+    Parameters
+    ----------
+    store : GramStore
+        Complete (every tile recorded).
+    client : distributed.Client
+        The cluster whose workers hold the tiles.
+    values_only : bool
+        For a Jacobian store, use only the value field ``K`` (block 1).
+
+    Notes
+    -----
+    Memory: the upper tiles once across the workers (scalar tiles in the stored dtype, fields
+    as float64), balanced by bytes; on the client only vectors, ``O(N block k)``.  A product
+    moves ``V`` to each worker once and one summed ``(N block, k)`` array back.  Scalar stores
+    give block 1, Jacobian stores block d+1 (point-major), as :class:`StoredGram`.
+    """
+
+    def __init__(self, store, client, *, values_only: bool = False):
+        if not store.complete:
+            raise ValueError(
+                f"the Gram store {store.location.url} is incomplete: "
+                f"{len(store.missing_tiles())} tiles are missing; finish the assembly first"
+            )
+        self.store, self.client = store, client
+        self.values_only = bool(values_only) or not store.jacobian
+        self.arch, self.kind = store.arch, store.kind
+        self.points = np.asarray(store.points) if store.jacobian else None
+        super().__init__(store.n, 1 if self.values_only else store.d + 1)
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        if not workers:
+            raise ValueError("the Dask cluster has no workers to hold the Gram")
+        n_t = store.n_tiles
+        tiles = [(i, j) for i in range(n_t) for j in range(i, n_t)]
+        sizes = [store.tile_slice(i).stop - store.tile_slice(i).start for i in range(n_t)]
+        per_entry = np.dtype(store.dtype).itemsize if not store.jacobian else 8
+        per_entry *= 1 if self.values_only else 8
+        weights = [sizes[i] * sizes[j] * per_entry for i, j in tiles]
+        fresh = type(store).open(store.location)  # no cached points travel with the handle
+        token = uuid.uuid4().hex[:10]
+        self.parts = []
+        self.assignment = {}
+        for w, picks in zip(workers, balance(weights, len(workers)), strict=True):
+            if not picks:
+                continue
+            mine = sorted(tiles[k] for k in picks)
+            self.assignment[w] = mine
+            self.parts.append(
+                client.submit(
+                    _load_part,
+                    fresh,
+                    mine,
+                    self.values_only,
+                    key=f"jacntk-resident-{token}-{len(self.parts)}",
+                    workers=[w],
+                    allow_other_workers=True,
+                )
+            )
+        from distributed import wait
+
+        wait(self.parts)
+        for f in self.parts:
+            if f.status == "error":
+                f.result()  # raises the loading error (e.g. a ChecksumError) here
+
+    def _matmat(self, V):
+        V = _as_columns(V, self.shape[0])
+        [fut] = self.client.scatter([V], broadcast=True, hash=False)
+        partials = [self.client.submit(_part_product, p, fut, pure=False) for p in self.parts]
+        total = self.client.submit(_total, *partials, pure=False)
+        out = total.result()
+        del fut, partials, total
+        return out
+
+    def _diagonal(self) -> np.ndarray:
+        pieces = {}
+        for d in self.client.gather([self.client.submit(_part_diagonal, p) for p in self.parts]):
+            pieces.update(d)
+        return np.concatenate([pieces[i] for i in range(self.store.n_tiles)], axis=-1)
+
+    def diagonal_fields(self):
+        if self.values_only:
+            return None
+        return self._diagonal(), self.points
+
+    def diagonal_blocks(self) -> np.ndarray:
+        F = self._diagonal()
+        if self.values_only:
+            return F[:, None, None].copy()
+        return routed_diagonal_blocks(self.arch, self.kind, F, self.points)
+
+    def close(self) -> None:
+        """Release the workers' memory (also when the operator is garbage-collected)."""
+        self.parts = []

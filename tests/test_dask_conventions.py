@@ -1,0 +1,119 @@
+"""Dask conventions of the embedded cluster, with real processes: a script without the
+``if __name__ == "__main__":`` guard gets one paragraph instead of a 200-line traceback (from the
+parent's check, and from the worker's when the parent cannot see the script), and a successful
+run closes without connection-error tracebacks.
+
+Every case runs a script file in a fresh interpreter, as a user would (``python script.py``).
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TIMEOUT = 180
+
+
+def _run(tmp_path, name: str, source: str) -> subprocess.CompletedProcess:
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+ASSEMBLE = textwrap.dedent(
+    """
+    import numpy as np
+
+    import jacntk
+    from jacntk.distributed import ClusterOptions
+
+    X = np.random.default_rng(0).standard_normal((120, 3))
+    """
+)
+CALL = (
+    'report = jacntk.assemble(jacntk.MLP(1, "erf"), X, "store.zarr", tile=40, '
+    "cluster=ClusterOptions(workers=2))"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "x = 1\nprobe()  # HERE\n",
+        'if __name__ == "__main__":\n    probe()\n',
+        'def main():\n    probe()\n\nif "__main__" == __name__:\n    main()\n',
+        "def main():\n    probe()\n\nmain()  # HERE\n",
+        'if __name__ == "__main__":\n    pass\nfor _ in [0]:\n    probe()  # HERE\n',
+    ],
+    ids=["top-level", "guarded", "guarded-main-function", "unguarded-main-function", "after-guard"],
+)
+def test_unguarded_top_level_is_located_in_the_script(tmp_path, body):
+    """The parent-side check finds the main script's top-level line on the stack and asks its
+    syntax tree whether an ``if __name__ ...`` block holds it (no cluster is started); the line
+    marked ``# HERE`` is the one it must report, and guarded scripts report nothing."""
+    source = (
+        "from jacntk.distributed import _unguarded_main_line\n\n"
+        "def probe():\n    print('FOUND', _unguarded_main_line())\n\n" + body
+    )
+    result = _run(tmp_path, "probe.py", source)
+    assert result.returncode == 0, result.stderr
+    found = result.stdout.split("FOUND", 1)[1].strip()
+    marked = [i for i, text in enumerate(source.splitlines(), 1) if text.endswith("# HERE")]
+    if not marked:
+        assert found == "None"
+    else:
+        assert found == repr((str(tmp_path / "probe.py"), marked[0])), found
+
+
+@pytest.mark.cluster
+def test_assemble_without_the_main_guard_says_so_in_a_few_lines(tmp_path):
+    result = _run(tmp_path, "unguarded.py", ASSEMBLE + CALL + "\n")
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) < 30, result.stderr
+    assert "__main__" in result.stderr and "unguarded.py" in result.stderr
+    assert "MainGuardError" in result.stderr
+    assert "Nanny failed" not in result.stderr and "bootstrapping" not in result.stderr
+
+
+@pytest.mark.cluster
+def test_worker_side_check_when_the_parent_cannot_see_the_script(tmp_path):
+    """With the parent's check blinded (as for a script it cannot read), the workers re-running
+    the script stop at once with the paragraph and the parent says the cluster could not start."""
+    source = """
+        import jacntk.distributed as jd
+
+        jd._unguarded_main_line = lambda: None
+        with jd.get_client(jd.ClusterOptions(workers=2)) as c:
+            print(c.submit(sum, [1, 2]).result())
+    """
+    result = _run(tmp_path, "blind.py", source)
+    assert result.returncode != 0
+    assert len(result.stderr.splitlines()) < 30, result.stderr
+    assert "__main__" in result.stderr
+    assert "could not start its workers" in result.stderr
+    assert "bootstrapping phase" not in result.stderr
+
+
+@pytest.mark.cluster
+def test_guarded_assemble_closes_the_cluster_quietly(tmp_path):
+    """Six tiles on two worker processes; stdout has the report, stderr no traceback at all."""
+    source = (
+        ASSEMBLE
+        + 'if __name__ == "__main__":\n    '
+        + CALL
+        + "\n    print('COMPLETE', report.complete, report.computed, report.workers)\n"
+    )
+    result = _run(tmp_path, "guarded.py", source)
+    assert result.returncode == 0, result.stderr
+    assert "COMPLETE True 6 2" in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "CommClosedError" not in result.stderr, result.stderr
+    assert "killing" not in result.stderr, result.stderr

@@ -1,0 +1,101 @@
+"""The worker-resident Gram operator (issue 12 item 1): tiles live in the workers' memory, the
+client holds vectors; a SIGKILLed worker's tiles are reloaded elsewhere, same result.
+Real scheduler and worker processes on 127.0.0.1, real stores on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import jacntk
+from jacntk.linalg import ScaledGram, StoredGram, cg
+from jacntk.linalg._resident import ResidentGram, balance
+from jacntk.store import ChecksumError, GramStore, assemble
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as lc,
+        Client(lc) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resident")
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((200, 4))
+    Xj = rng.standard_normal((60, 3))
+    assemble(jacntk.MLP(3, "erf"), X, root / "s.zarr", tile=40, dtype="float32")
+    assemble(jacntk.MLP(2, "relu"), Xj, root / "j.zarr", tile=20, kind="nngp", jacobian=True)
+    return GramStore.open(root / "s.zarr"), GramStore.open(root / "j.zarr")
+
+
+def test_balance_splits_by_weight():
+    bins = balance([5, 4, 3, 3, 2, 1], 2)
+    loads = sorted(sum([5, 4, 3, 3, 2, 1][k] for k in b) for b in bins)
+    assert loads == [9, 9] and sorted(k for b in bins for k in b) == list(range(6))
+
+
+@pytest.mark.parametrize("which", ["scalar", "jacobian", "values_only"])
+def test_resident_product_and_diagonal_equal_the_stored_operator(cluster, stores, which, rng):
+    store = stores[0] if which == "scalar" else stores[1]
+    values_only = which == "values_only"
+    op = ResidentGram(store, cluster, values_only=values_only)
+    ref = StoredGram(store, values_only=values_only)
+    assert op.shape == ref.shape
+    assert len(op.assignment) == 2  # both workers hold tiles
+    held = sorted(t for tiles in op.assignment.values() for t in tiles)
+    assert held == [(i, j) for i in range(store.n_tiles) for j in range(i, store.n_tiles)]
+    V = rng.standard_normal((op.shape[0], 3))
+    np.testing.assert_allclose(op @ V, ref @ V, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.diagonal_blocks(), ref.diagonal_blocks(), rtol=1e-13)
+
+
+def test_a_worker_sigkilled_mid_solve_gives_the_same_solution(cluster, stores, rng):
+    store = stores[0]
+    y = rng.standard_normal((store.n, 2))
+    A = ScaledGram(ResidentGram(store, cluster), 1.0, jitter=0.1)
+    calm = cg(A, y, tol=1e-11).x
+    pids = cluster.run(os.getpid)
+    killed = []
+
+    def kill_one(iteration, _):
+        if iteration == 5 and not killed:
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
+
+    A = ScaledGram(ResidentGram(store, cluster), 1.0, jitter=0.1)
+    stormy = cg(A, y, tol=1e-11, callback=kill_one).x
+    assert killed
+    np.testing.assert_allclose(stormy, calm, rtol=1e-10, atol=1e-12)
+
+
+def test_a_damaged_tile_fails_when_loaded(cluster, stores, tmp_path):
+    import shutil
+
+    store = stores[0]
+    path = tmp_path / "bad.zarr"
+    shutil.copytree(store.location.url, path)
+    chunk = path / "K" / "c" / "1" / "3"
+    data = bytearray(chunk.read_bytes())
+    data[7] ^= 4
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"tile \(1, 3\) is damaged"):
+        ResidentGram(GramStore.open(path), cluster)

@@ -1,0 +1,241 @@
+"""The route of a solve on a Gram store: direct when the store fits in memory, preconditioned CG
+(Nystrom for a scalar Gram) when it does not, one memory rule deciding, the route stated in the
+diagnostics; ``jacntk solve``'s bounded progress and ``--storage-option``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jacntk
+from jacntk.linalg import _stored
+from jacntk.linalg._stored import DIRECT_COPIES, StoredGram, fits_in_memory
+from jacntk.progress import MIN_INTERVAL_S
+from jacntk.store import GramStore, assemble
+from jacntk.training import predict, training_system
+
+ARCH = jacntk.MLP(2, "erf", sigma_b=0.2)
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A scalar store of 120 points in d = 4 (plain CG needs ~400 iterations at t = inf, Nystrom
+    rank 100 ~40), a Jacobian store of 20 points, and a scalar store of 600 points in d = 3
+    (condition ~1e11: plain CG runs thousands of iterations)."""
+    from distributed import Client, LocalCluster
+
+    root = tmp_path_factory.mktemp("route")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((120, 4))
+    Xj = rng.standard_normal((20, 3))
+    Xl = np.random.default_rng(0).standard_normal((600, 3))
+    np.save(root / "y600.npy", np.sin(Xl[:, 0]))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assemble(ARCH, X, root / "k.zarr", tile=40, client=client)
+        assemble(ARCH, Xj, root / "j.zarr", jacobian=True, tile=8, client=client)
+        assemble(ARCH, Xl, root / "l.zarr", tile=300, client=client)
+    return root, X, Xj
+
+
+def test_a_store_that_fits_is_solved_directly_and_says_so(stores):
+    root, X, Xj = stores
+    y, Xt = np.sin(X[:, 0]), X[:7] + 0.1
+    store = GramStore.open(root / "k.zarr")
+    p = predict(None, store, y, Xt, times=[10.0, np.inf], gradients=False)
+    d = p.diagnostics
+    assert d.operator == "stored" and d.solver == "cholesky" and d.cg is None
+    assert d.route.startswith("t = inf: direct (cholesky); finite times: Lanczos; on the stored")
+    assert "in memory (dense" in d.route and "budget" in d.route
+    assert {"read", "lanczos", "direct"} <= set(d.seconds) and d.preconditioner is None
+    q = predict(ARCH, X, y, Xt, times=[10.0, np.inf], gradients=False)
+    assert q.diagnostics.solver == "cholesky"
+    assert rel(p.values, q.values) < 1e-10
+    # the Jacobian store too (block d+1, fields expanded through their routing)
+    yj = np.cos(Xj[:, 1])
+    pj = predict(
+        None, GramStore.open(root / "j.zarr"), yj, Xj[:3], times=[np.inf], jacobian_reg=0.1
+    )
+    qj = predict(ARCH, Xj, yj, Xj[:3], times=[np.inf], jacobian_reg=0.1)
+    assert pj.diagnostics.solver == "cholesky" and "in memory (dense" in pj.diagnostics.route
+    assert rel(pj.values, qj.values) < 1e-9 and rel(pj.gradients, qj.gradients) < 1e-9
+    # operator="stored" keeps the tiles: CG, and the same answer
+    r = predict(None, store, y, Xt, times=[np.inf], gradients=False, operator="stored", tol=1e-12)
+    assert r.diagnostics.solver == "cg" and "CG" in r.diagnostics.cg
+    assert "tiles cached in memory" in r.diagnostics.route
+    assert rel(r.values[0], q.values[1]) < 1e-6
+
+
+def test_a_store_too_large_for_memory_runs_cg_with_nystrom(stores, monkeypatch):
+    root, X, _ = stores
+    y = np.sin(X[:, 0])
+    store = GramStore.open(root / "k.zarr")
+    q = predict(ARCH, X, y, X[:5], times=[np.inf], gradients=False)
+    monkeypatch.setattr(_stored, "available_memory_mib", lambda: 0.01)  # 5 KiB budget
+    system = training_system(None, store)
+    assert not system.B.base.dense and not system.B.base.cached
+    p = predict(None, store, y, X[:5], times=[np.inf], gradients=False)
+    d = p.diagnostics
+    assert d.solver == "cg" and d.operator == "stored"
+    assert re.fullmatch(
+        r"nystrom \(rank 100, mu \S+\) for block-jacobi of a scalar Gram", d.preconditioner
+    )
+    assert "streamed from the store" in d.route and "mu" in d.route
+    assert {"preconditioner", "cg"} <= set(d.seconds) and "direct" not in d.seconds
+    plain = predict(None, store, y, X[:5], times=[np.inf], gradients=False, preconditioner="none")
+    nys_it = d.cg_result.iterations
+    plain_it = plain.diagnostics.cg_result.iterations
+    assert (
+        plain.diagnostics.preconditioner == "none" and "unpreconditioned" in plain.diagnostics.route
+    )
+    assert nys_it * 4 < plain_it, (nys_it, plain_it)
+    assert rel(p.values, q.values) < 1e-6
+    # a given jitter is the stated regularisation of the Nystrom preconditioner
+    jittered = predict(None, store, y, X[:5], times=[np.inf], jitter=1e-3, gradients=False)
+    assert "mu 0.001)" in jittered.diagnostics.preconditioner
+
+
+def test_fitting_in_memory_is_one_rule_against_one_budget(stores):
+    root, X, Xj = stores
+    store = GramStore.open(root / "k.zarr")
+    dense_mib = DIRECT_COPIES * 8 * 120**2 / 2**20
+    tiles_mib = 120 * (120 + 40) / 2 * 8 / 2**20
+    for budget, dense, cached in [
+        (1.01 * dense_mib, True, True),
+        (0.99 * dense_mib, False, True),
+        (0.99 * tiles_mib, False, False),
+    ]:
+        op = StoredGram(store, cache_mb=budget, dense=None)
+        assert (op.dense, op.cached) == (dense, cached), budget
+        assert op.dense == fits_in_memory(op.dense_bytes, budget)
+    assert not StoredGram(store).dense  # tiles unless asked (dense=None or True)
+    G = jacntk.kernel(ARCH, X)
+    held = StoredGram(store, dense=True)
+    assert held.to_dense() is held.load()
+    np.testing.assert_allclose(held.to_dense(), G, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(StoredGram(store, cache_mb=0).to_dense(), G, rtol=1e-13, atol=1e-15)
+    jstore = GramStore.open(root / "j.zarr")
+    J = jacntk.kernel(ARCH, Xj, jacobian=True)
+    np.testing.assert_allclose(StoredGram(jstore, dense=True).load(), J, rtol=1e-12, atol=1e-14)
+    values = StoredGram(jstore, values_only=True, dense=True).load()
+    np.testing.assert_allclose(values, J[::4, ::4], rtol=1e-12, atol=1e-14)
+
+
+def solve(root, *args, env=None) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jacntk", "solve", *map(str, args)],
+        cwd=root,
+        capture_output=True,  # bytes: a bar redraws with '\r', which text mode reads as '\n'
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return proc, time.perf_counter() - start
+
+
+def test_a_3000_iteration_cg_solve_prints_a_bounded_bar_or_nothing(stores):
+    import os
+
+    root, _, _ = stores
+    # one Numba thread: on a shared 2-core machine a parallel product of a 600-point Gram waits
+    # for a timeslice per product (~7 ms against ~0.4 ms serial)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    args = ["l.zarr", "--targets", "y600.npy", "--operator", "stored"]
+    args += ["--preconditioner", "none", "--maxiter", "3000", "--overwrite"]
+    bar, wall = solve(root, *args, "--out", "bar.npz", "--progress", env=env)
+    with np.load(root / "bar.npz") as out:
+        assert '"cg": "CG: 3000 iterations' in str(out["diagnostics"])
+    err = bar.stderr
+    lines, redraws = err.count(b"\n"), err.count(b"\r")
+    assert lines < 50, err.decode()
+    assert 2 <= redraws <= wall / MIN_INTERVAL_S + 10, (redraws, wall)
+    assert b"CG: 3000it" in err and b"residual" in err and b"it/s" in err
+    assert b"solve: t = inf: CG, unpreconditioned; on the stored Gram tiles cached" in err
+    quiet, _ = solve(root, *args, "--out", "quiet.npz", "--quiet", env=env)
+    assert b"\r" not in quiet.stderr and b"it/s" not in quiet.stderr
+    assert not [line for line in quiet.stderr.splitlines() if line.startswith(b"CG")]
+    assert quiet.stdout == bar.stdout
+    # the same store by default: read into memory, one Cholesky, no bar
+    direct, _ = solve(root, "l.zarr", "--targets", "y600.npy", "--out", "d.npz", "--progress")
+    assert b"\r" not in direct.stderr
+    assert b"solve: t = inf: direct (cholesky); on the stored Gram in memory" in direct.stderr
+
+
+def test_solve_reads_an_s3_store_with_its_storage_options(tmp_path):
+    """``--storage-option`` reaches ``GramStore.open``: a store on a moto S3 server with its own
+    endpoint, solved from the shell, equals the in-memory prediction."""
+    import json
+    import socket
+
+    pytest.importorskip("s3fs", reason="s3fs not installed (pip install 'jacntk[s3]')")
+    pytest.importorskip("moto.server", reason="moto[server] not installed")
+    boto3 = pytest.importorskip("boto3")
+    from distributed import Client, LocalCluster
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+        options = {
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=options["endpoint_url"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="solve")
+        X = np.random.default_rng(5).standard_normal((40, 3))
+        url = "s3://solve/k.zarr"
+        with (
+            LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            assemble(ARCH, X, url, tile=16, client=client, storage_options=options)
+        np.save(tmp_path / "y.npy", np.sin(X[:, 0]))
+        np.save(tmp_path / "Xt.npy", X[:6] + 0.05)
+        flags = [
+            f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}"
+            for k, v in options.items()
+        ]
+        args = [url, "--targets", "y.npy", "--test", "Xt.npy", "--out", "s3.npz", "--quiet"]
+        proc, _ = solve(tmp_path, *args, *flags)
+        assert b"direct (cholesky)" in proc.stderr
+        with np.load(tmp_path / "s3.npz") as out:
+            ref = predict(ARCH, X, np.sin(X[:, 0]), X[:6] + 0.05, times=[np.inf])
+            assert rel(out["values"], ref.values) < 1e-10
+    finally:
+        server.kill()
+        server.wait(timeout=30)
