@@ -31,3 +31,21 @@ def test_demo_assembles_queries_and_trains_then_reuses_its_store(tmp_path):
     assert re.search(r": 0 tiles computed, \d+ already stored", second.stdout), second.stdout
     again = [float(a) for a in re.findall(r"t = +\S+: accuracy ([0-9.]+)", second.stdout)]
     assert again == accuracies
+    # one summary line per stage, each with its time
+    for run in (first, second):
+        stages = {}
+        for line in run.stdout.splitlines():
+            label, _, rest = line.partition(": ")
+            if label in ("data", "assemble", "query", "regression", "jacobian", "total"):
+                assert label not in stages, run.stdout
+                stages[label] = rest
+        assert list(stages) == ["data", "assemble", "query", "regression", "jacobian", "total"]
+        assert all(re.search(r"\d s\)?$", rest) for rest in stages.values()), stages
+        # the 400-point store fits in memory: t = inf is one Cholesky, timed beside SciPy's
+        regression = re.search(
+            r"t = inf by cholesky ([0-9.]+) s, one SciPy Cholesky solve of the same Gram "
+            r"([0-9.]+) s",
+            stages["regression"],
+        )
+        assert regression, stages["regression"]
+        assert "route: t = inf: direct (cholesky); finite times: Lanczos" in run.stdout

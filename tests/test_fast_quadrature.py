@@ -20,24 +20,19 @@ from jacntk.kernels._activations import (
     trapezoid_reference,
 )
 from jacntk.kernels._compute import compute_tile
-from jacntk.kernels._fields import (
-    _diag_chain,
-    _hermite_fields_tile,
-    _hermite_scalar_tile,
-    fields_tile,
-    make_plan,
-    scalar_tile,
-)
-from jacntk.kernels._moments import (
+from jacntk.kernels._fields import _diag_chain, fields_tile, make_plan, scalar_tile
+from jacntk.kernels._hermite import (
     HERMITE_TOL,
     MOMENT_ORDERS,
-    NTK_JETS,
-    activation_derivatives,
-    gaussian_moments,
+    _hermite_fields_tile,
+    _hermite_scalar_tile,
+    fields_tile_routed,
     hermite_moments,
     hermite_order,
     hermite_tables,
+    scalar_tile_routed,
 )
+from jacntk.kernels._moments import NTK_JETS, activation_derivatives, gaussian_moments
 
 VARIANCES = (0.05, 0.3, 1.0, 3.0, 10.0, 30.0)
 RHOS = (-1.0, -0.999999, -0.9, -0.5, 0.0, 0.3, 0.9, 0.99, 0.999999, 1.0)
@@ -155,15 +150,15 @@ def test_registered_activations_take_the_hermite_route():
     common, (v1, vp1, v2, vp2) = _tile_args(act, X, Y, h)
     for kind in (0, 1):
         np.testing.assert_array_equal(
-            scalar_tile(act, kind, *common, v1, v2, h, False),
+            scalar_tile_routed(act, kind, *common, v1, v2, h, False),
             _hermite_scalar_tile(act, kind, *common, v1, v2, h, False),
         )
         np.testing.assert_array_equal(
-            fields_tile(act, kind, *common, v1, vp1, v2, vp2, h, False),
+            fields_tile_routed(act, kind, *common, v1, vp1, v2, vp2, h, False),
             _hermite_fields_tile(act, kind, *common, v1, vp1, v2, vp2, h, False),
         )
     ref = scalar_tile(trapezoid_reference(act), 1, *common, v1, v2, h, False)
-    assert not np.array_equal(ref, scalar_tile(act, 1, *common, v1, v2, h, False))
+    assert not np.array_equal(ref, scalar_tile_routed(act, 1, *common, v1, v2, h, False))
 
 
 def test_hermite_route_reproduces_erf_closed_forms():

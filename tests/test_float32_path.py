@@ -70,7 +70,7 @@ def test_float32_cross_tile_and_diagonal(activation):
 
 
 def test_relu_near_collinear_pairs_take_float64():
-    """At |x' - x| = 1e-6 |x| the float32 GEMM alone would be off by ~1e-3 in the ReLU NTK
+    """At |x' - x| = 1e-6 |x| the float32 arithmetic alone is off by ~5e-4 in the ReLU NTK
     (theta ~ 1e-6 against eps32 ~ 6e-8 on cos theta); the route recomputes those pairs."""
     rng = np.random.default_rng(8)
     X = rng.standard_normal((30, 784))

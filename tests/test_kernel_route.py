@@ -1,6 +1,6 @@
 """Every consumer of Jacobian kernels gets the numbers of ``jacntk.kernel(..., jacobian=True)``,
 including near-duplicate ReLU points where the eight fields cancel (one routing decision,
-``jacntk.kernels._compute.stable_pairs``)."""
+``jacntk.kernels._routing.stable_pairs``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jacntk
-from jacntk.kernels._compute import stable_pairs
+from jacntk.kernels._routing import stable_pairs
 from jacntk.linalg import CrossGram, StoredGram, StructuredGram
 from jacntk.store import GramStore, assemble
 from jacntk.training import cross_product, training_system

@@ -27,8 +27,8 @@ def _field_arrays(fields: KernelFields | np.ndarray) -> np.ndarray:
 
 
 def _routed(fields, X1, X2, arch: MLP, kind: str | None):
-    """``fields`` with the routing of :func:`jacntk.kernels._compute.stable_pairs` attached."""
-    from ._compute import route_fields  # _compute builds on this module
+    """``fields`` with the routing of :func:`jacntk.kernels._routing.stable_pairs` attached."""
+    from ._routing import route_fields  # _routing builds on this module
 
     if kind is None:
         if not isinstance(fields, KernelFields):
@@ -63,7 +63,7 @@ def augment(
     X1 : (n1, d); X2 : (n2, d), defaults to X1
     arch : MLP, optional
         The architecture the fields were computed for.  Given, the pairs that
-        :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where
+        :func:`jacntk.kernels._routing.stable_pairs` routes (near-collinear ReLU pairs, where
         the fields cancel) take their blocks from the stable ReLU route: the numbers of
         ``jacntk.kernel(arch, ..., jacobian=True)``.  Without it every block comes from the
         fields (for ReLU only ``~eps / sin(theta)^2`` accurate near ``x' = x``).

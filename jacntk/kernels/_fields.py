@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..arch import MLP, check_kind
-from ._activations import ERF, GELU, N_ACTIVATIONS, get_activation
+from ._activations import ERF, GELU, get_activation
 from ._moments import (
     ALIGNED,
     ANTIPODAL,
@@ -53,9 +53,6 @@ from ._moments import (
     asin_and_cos,
     gaussian_moments,
     gelu_layer_row,
-    hermite_moments,
-    hermite_order,
-    hermite_tables,
     quadrature_step,
 )
 
@@ -315,10 +312,6 @@ def fields_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h,
     one-pass codes ``BOTH_NTK`` / ``BOTH_TRUNCATED`` (16, n1, n2): the NNGP's eight fields, then
     the NTK's (docs/math.md §14).
     """
-    if h > 0.0 and act < N_ACTIVATIONS:  # a registered quadrature activation: Hermite route
-        return _hermite_fields_tile(
-            act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h, symmetric
-        )
     n1, n2 = P.shape
     out = np.empty((8 * _n_results(kind), n1, n2))
     n_rows = (n1 + 1) // 2 if symmetric else n1
@@ -472,178 +465,10 @@ def _store_closed_form_row(out, i, j0, kappa2, kind, c, th):
             out[0, i, j] = kappa2 * res[j]
 
 
-# ---- the float32 route of the closed-form scalar tiles (docs/math.md §14) ----
-
-_F32 = np.float32
-_ZERO32, _ONE32, _HALF32, _TWO32 = _F32(0.0), _F32(1.0), _F32(0.5), _F32(2.0)
-_PIO2_32 = _F32(0.5 * math.pi)
-_INV_2PI_32 = _F32(0.5 / math.pi)
-_TWO_OVER_PI_32 = _F32(2.0 / math.pi)
-_FOUR_OVER_PI_32 = _F32(4.0 / math.pi)
-# fdlibm's float rational approximation of asin (e_asinf.c): a few float32 ulp.
-_PS0_32, _PS1_32, _PS2_32 = _F32(1.6666586697e-01), _F32(-4.2743422091e-02), _F32(-8.6563630030e-03)
-_QS1_32 = _F32(-7.0662963390e-01)
-
-#: The float32 route recomputes a pair in float64 when its input correlation
-#: ``|<x, x'>| / (|x| |x'|)`` -- for relu also ``|cos theta_l|`` at any hidden layer -- exceeds
-#: ``1 - F32_COLLINEAR``: there the float32 GEMM's error ``~ sqrt(d) eps32`` on the correlation
-#: is largest against ``1 - rho`` (relu: its layer maps grow it like ``1 / sin(theta)``), see
-#: docs/math.md §14.
-F32_COLLINEAR = 1e-2
-
-
-@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
-def _asin_and_cos32(x):
-    """float32 ``(asin(x), sqrt(1 - x^2))`` for ``|x| <= 1``, branch-free (``asin_and_cos``
-    with fdlibm's float coefficients)."""
-    ax = min(abs(x), _ONE32)
-    big = ax >= _HALF32
-    z = (_ONE32 - ax) * _HALF32 if big else ax * ax
-    r = z * (_PS0_32 + z * (_PS1_32 + z * _PS2_32)) / (_ONE32 + z * _QS1_32)
-    s = math.sqrt(z)
-    val = _PIO2_32 - _TWO32 * (s + s * r) if big else ax + ax * r
-    return (val if x >= _ZERO32 else -val), math.sqrt((_ONE32 - ax) * (_ONE32 + ax))
-
-
-@njit(**_FAST)
-def _erf_layer_row32(c, th, u2l, ui, omega, sb2):
-    """``_erf_layer_row`` in float32."""
-    for j in range(c.shape[0]):
-        uij = ui * u2l[j]
-        x = _TWO32 * c[j] * uij
-        asn, cs = _asin_and_cos32(x)
-        cn = omega * _TWO_OVER_PI_32 * asn + sb2
-        th[j] = cn + omega * _FOUR_OVER_PI_32 * uij / cs * th[j]
-        c[j] = cn
-
-
-@njit(**_FAST)
-def _relu_layer_row32(c, th, fl, u2l, ui, omega, sb2):
-    """``_relu_layer_row`` in float32 (no collinear snap: those pairs are recomputed in float64);
-    ``fl[j]`` keeps the largest ``|cos theta|`` met."""
-    for j in range(c.shape[0]):
-        uij = ui * u2l[j]
-        cosv = min(max(c[j] / uij if uij > _ZERO32 else _ZERO32, -_ONE32), _ONE32)
-        fl[j] = max(fl[j], abs(cosv))
-        asn, sn = _asin_and_cos32(cosv)
-        pmt = _PIO2_32 + asn  # pi - theta
-        cn = omega * uij * (sn + pmt * cosv) * _INV_2PI_32 + sb2
-        th[j] = cn + omega * pmt * _INV_2PI_32 * th[j]
-        c[j] = cn
-
-
-@njit(**_FAST)
-def _gelu_layer_row32(c, th, v2l, vi, omega, sb2):
-    """``gelu_layer_row`` in float32 (``_gelu_scalar``'s formulas)."""
-    a = vi
-    A = _ONE32 + a
-    for j in range(c.shape[0]):
-        cj = c[j]
-        b = v2l[j]
-        B = _ONE32 + b
-        asn, _ = _asin_and_cos32(cj / math.sqrt(A * B))
-        t = _PIO2_32 + asn
-        D = (_ONE32 + a + b) + (a * b - cj * cj)
-        sd = math.sqrt(D)
-        r = _ONE32 / (A * B * sd)
-        f00 = _INV_2PI_32 * (cj * t + (a * b * D + cj * cj) * r)
-        f11 = _INV_2PI_32 * (t + cj * ((A + B) * r + _ONE32 / (D * sd)))
-        cn = omega * f00 + sb2
-        th[j] = cn + omega * f11 * th[j]
-        c[j] = cn
-
-
-@njit(cache=True, parallel=True)
-def _closed_form_scalar_rows32(
-    act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, X1, X2, q1, q2, symmetric, tau, out
-):  # fmt: skip
-    """The float32 route of ``_closed_form_scalar_rows`` (docs/math.md §14).
-
-    ``P`` (n1, n2) float32 is the float32 GEMM ``X1 X2^T``; the layer maps run in float32
-    (vectorised, twice the lanes of float64); a pair whose input correlation (relu: or any
-    hidden ``|cos theta_l|``) exceeds ``1 - tau`` (``F32_COLLINEAR``), and the diagonal pair
-    ``(x_i, x_i)`` of a symmetric tile,
-    is recomputed in float64 from ``<x_i, x'_j>`` in float64 (``X1``, ``X2`` float64) by the
-    float64 rows, so the diagonal is the float64 route's value rounded once.  ``v1``, ``v2``:
-    float64 diagonal chains; ``q1``, ``q2``: the squared norms (``P_ii = q1[i]``).
-    Output ``out`` (m, n1, n2) float32 as ``_closed_form_scalar_rows`` (``out[m - 1]`` may be
-    ``P``).
-    """
-    n1, n2 = P.shape
-    u1 = np.ascontiguousarray(_point_transform(act, v1).T)
-    u2 = np.ascontiguousarray(_point_transform(act, v2).T)
-    u1f = u1.astype(np.float32)
-    u2f = u2.astype(np.float32)
-    om32 = np.float32(omega)
-    sb32 = np.float32(sb2)
-    od32 = np.float32(omega / d)
-    k32 = np.float32(kappa2)
-    thresh = np.float32(1.0 - tau)
-    w1 = np.where(q1 > 0.0, 1.0 / np.sqrt(q1), 0.0).astype(np.float32)
-    w2 = np.where(q2 > 0.0, 1.0 / np.sqrt(q2), 0.0).astype(np.float32)
-    n_rows = (n1 + 1) // 2 if symmetric else n1
-    for t in prange(n_rows):
-        c = np.empty(n2, dtype=np.float32)
-        th = np.empty(n2, dtype=np.float32)
-        fl = np.empty(n2, dtype=np.float32)
-        c64 = np.empty(1)
-        th64 = np.empty(1)
-        for rep in range(_rows_of_task(t, n1, symmetric)):
-            i, j0 = _task_row(t, rep, n1, symmetric)
-            for j in range(j0, n2):
-                c[j] = od32 * P[i, j] + sb32
-                th[j] = c[j]
-                fl[j] = abs(P[i, j]) * w1[i] * w2[j]
-            for layer in range(depth):
-                ui = u1f[layer, i]
-                if act == ERF:
-                    _erf_layer_row32(c[j0:], th[j0:], u2f[layer, j0:], ui, om32, sb32)
-                elif act == GELU:
-                    _gelu_layer_row32(c[j0:], th[j0:], u2f[layer, j0:], ui, om32, sb32)
-                else:
-                    _relu_layer_row32(c[j0:], th[j0:], fl[j0:], u2f[layer, j0:], ui, om32, sb32)
-            for j in range(j0, n2):
-                if kind == BOTH_NTK:
-                    out[0, i, j] = k32 * c[j]
-                    out[1, i, j] = k32 * th[j]
-                else:
-                    out[0, i, j] = k32 * (th[j] if kind != 0 else c[j])
-            for j in range(j0, n2):
-                diag = symmetric and j == i
-                if not (diag or fl[j] > thresh):
-                    continue
-                # float64 recomputation of the pair, as the float64 route computes it
-                p = q1[i]  # P_ii = q_i exactly, as _inner_products sets it
-                if not diag:
-                    p = 0.0
-                    for k in range(X1.shape[1]):
-                        p += X1[i, k] * X2[j, k]
-                c64[0] = omega * p / d + sb2
-                th64[0] = c64[0]
-                for layer in range(depth):
-                    if diag:
-                        c64[0] = v1[i, layer]
-                    _closed_form_layer_row(
-                        act, c64, th64, u2[layer, j : j + 1], u1[layer, i], omega, sb2
-                    )
-                if kind == BOTH_NTK:
-                    out[0, i, j] = kappa2 * c64[0]
-                    out[1, i, j] = kappa2 * th64[0]
-                else:
-                    out[0, i, j] = kappa2 * (th64[0] if kind != 0 else c64[0])
-    if symmetric:
-        for k in range(out.shape[0]):
-            _mirror(out[k], out[k])
-
-
 @njit(cache=True, parallel=True)
 def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric):
     """NNGP (kind 0) or NTK (kinds 1, 2) values for all pairs of a tile: shape (n1, n2); for
     ``BOTH_NTK`` (2 n1, n2), the NNGP rows over the NTK rows (docs/math.md §14)."""
-    if h > 0.0 and act < N_ACTIVATIONS:  # a registered quadrature activation: Hermite route
-        return _hermite_scalar_tile(
-            act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric
-        )
     n1, n2 = P.shape
     out = np.empty((_n_results(kind) * n1, n2))
     n_rows = (n1 + 1) // 2 if symmetric else n1
@@ -669,143 +494,6 @@ def scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric
                 _store_pair_scalar(out, n1, i, j, kappa2, kind, value, F)
     if symmetric:
         _mirror_scalar(out, n1)
-    return out
-
-
-# The Hermite route of the quadrature activations (docs/activations.md, "The Hermite route"):
-# per-point coefficient tables (``hermite_tables``) once per tile, then O(K) per pair and
-# layer (``hermite_moments``); a pair whose stated bound is not met falls back to the per-pair
-# trapezoid rule, the diagonal pair (x, x) takes the exact 1-D moments of its point.
-
-
-@njit(cache=True)
-def _hermite_pair_scalar(
-    act, kind, depth, omega, sb2, p, d, vi, vj, h, ci, ti, gi, cj, tj, F, diag
-):
-    """``_pair_scalar`` with the moments of ``hermite_moments``; ``ci, ti, gi``: the tables of
-    the first point (depth, ...), ``cj, tj`` of the second."""
-    s = omega * p / d + sb2
-    t = s
-    for layer in range(depth):
-        a = vi[layer]
-        b = vj[layer]
-        if diag:
-            F[0] = gi[layer, 0]
-            F[1] = gi[layer, 1]
-        elif not hermite_moments(s, a, b, ci[layer], ti[layer], cj[layer], tj[layer], SCALAR, F):
-            gaussian_moments(act, s, a, b, SCALAR, h, F)
-        s_new = omega * F[0] + sb2
-        t = s_new + omega * F[1] * t
-        s = s_new
-    F[0] = s  # kind BOTH_NTK: the NNGP of the same pass (_store_pair_scalar)
-    return t if kind != 0 else s
-
-
-@njit(cache=True, parallel=True)
-def _hermite_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric):
-    """``scalar_tile`` of a smooth quadrature activation by the Hermite route."""
-    K = hermite_order(act, v1, v2, h, SCALAR)
-    c1, t1, g1 = hermite_tables(act, v1, h, SCALAR, K)
-    if symmetric:
-        c2, t2 = c1, t1
-    else:
-        c2, t2, _ = hermite_tables(act, v2, h, SCALAR, K)
-    n1, n2 = P.shape
-    out = np.empty((_n_results(kind) * n1, n2))  # BOTH_NTK: NNGP rows over NTK rows
-    n_rows = (n1 + 1) // 2 if symmetric else n1
-    for t in prange(n_rows):
-        F = np.empty(N_MOMENTS)
-        for rep in range(_rows_of_task(t, n1, symmetric)):
-            i, j0 = _task_row(t, rep, n1, symmetric)
-            for j in range(j0, n2):
-                value = _hermite_pair_scalar(
-                    act, kind, depth, omega, sb2, P[i, j], d, v1[i], v2[j], h,
-                    c1[i], t1[i], g1[i], c2[j], t2[j], F, symmetric and j == i,
-                )  # fmt: skip
-                _store_pair_scalar(out, n1, i, j, kappa2, kind, value, F)
-    if symmetric:
-        _mirror_scalar(out, n1)
-    return out
-
-
-@njit(cache=True)
-def _hermite_pair_jets(
-    act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, ci, ti, gi, cj, tj, F, S, T, nS, D,
-    diag,
-):  # fmt: skip
-    """``_pair_jets`` of a smooth activation (no collinear ReLU cases) with the moments of
-    ``hermite_moments``; ``ci, ti, gi``: the first point's tables, ``cj, tj`` the second's."""
-    for k in range(8):
-        S[k] = 0.0
-    S[0] = omega * p / d + sb2
-    S[1] = omega / d
-    for k in range(8):
-        T[k] = S[k]
-    order = NTK_JETS if kind == 1 else JETS
-    for layer in range(depth):
-        a = vi[layer]
-        b = vj[layer]
-        aq = vpi[layer]
-        br = vpj[layer]
-        if diag:
-            S[0] = a
-            for m in range(N_MOMENTS):
-                F[m] = gi[layer, m]
-        elif not hermite_moments(S[0], a, b, ci[layer], ti[layer], cj[layer], tj[layer], order, F):
-            gaussian_moments(act, S[0], a, b, order, h, F)
-        _gaussian_jets(omega, S, aq, br, F[0], F[1], F[2], F[3], F[4], F[5], F[6], nS)
-        nS[0] += sb2
-        if kind == 1:
-            _gaussian_jets(omega, S, aq, br, F[1], F[4], F[5], F[6], F[7], F[8], F[9], D)
-            t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
-            T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
-            T[5] = nS[5] + D[5] * t0 + D[1] * t2 + D[2] * t1 + D[0] * T[5]
-            T[6] = nS[6] + D[6] * t0 + D[1] * t3 + D[3] * t1 + D[0] * T[6]
-            T[7] = nS[7] + D[7] * t0 + D[2] * t3 + D[3] * t2 + D[0] * T[7]
-            T[1] = nS[1] + D[1] * t0 + D[0] * t1
-            T[2] = nS[2] + D[2] * t0 + D[0] * t2
-            T[3] = nS[3] + D[3] * t0 + D[0] * t3
-            T[0] = nS[0] + D[0] * t0
-        elif kind == 2:
-            D[0] = omega * F[1]
-            for k in range(8):
-                T[k] = nS[k] + D[0] * T[k]
-        for k in range(8):
-            S[k] = nS[k]
-
-
-@njit(cache=True, parallel=True)
-def _hermite_fields_tile(
-    act, kind, depth, omega, sb2, kappa2, P, d, v1, vp1, v2, vp2, h, symmetric
-):
-    """``fields_tile`` of a smooth quadrature activation by the Hermite route."""
-    pk = _pass_kind(kind)  # one-pass codes: (16, n1, n2), the NNGP's fields first
-    order = NTK_JETS if pk == 1 else JETS
-    K = hermite_order(act, v1, v2, h, order)
-    c1, t1, g1 = hermite_tables(act, v1, h, order, K)
-    if symmetric:
-        c2, t2 = c1, t1
-    else:
-        c2, t2, _ = hermite_tables(act, v2, h, order, K)
-    n1, n2 = P.shape
-    out = np.empty((8 * _n_results(kind), n1, n2))
-    n_rows = (n1 + 1) // 2 if symmetric else n1
-    for t in prange(n_rows):
-        F = np.empty(N_MOMENTS)
-        S = np.empty(8)
-        T = np.empty(8)
-        nS = np.empty(8)
-        D = np.empty(8)
-        for rep in range(_rows_of_task(t, n1, symmetric)):
-            i, j0 = _task_row(t, rep, n1, symmetric)
-            for j in range(j0, n2):
-                _hermite_pair_jets(
-                    act, pk, depth, omega, sb2, P[i, j], d, v1[i], vp1[i], v2[j], vp2[j], h,
-                    c1[i], t1[i], g1[i], c2[j], t2[j], F, S, T, nS, D, symmetric and j == i,
-                )  # fmt: skip
-                _store_pair_fields(out, i, j, kappa2, kind, S, T)
-    if symmetric:
-        _mirror_fields(out)
     return out
 
 

@@ -68,7 +68,7 @@ Public pieces: :func:`relu_jacobian_kernel` (Numba ``dense_tile``, used by
 :func:`relu_pair_matmul` (stable per-pair product, to correct the structured product of
 flagged pairs), :func:`relu_pair_blocks` (stable blocks of listed pairs) and
 :func:`relu_projected_kernel` (stable projected blocks); which pairs are flagged is decided in
-one place, :func:`jacntk.kernels._compute.stable_pairs`.
+one place, :func:`jacntk.kernels._routing.stable_pairs`.
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..arch import MLP
 from ..kernels._blocks import projected_kernel, structured_matmul
-from ..kernels._compute import RoutedFields, compute_tile, route_fields, routed_diagonal_blocks
+from ..kernels._compute import compute_tile
 from ..kernels._fields import make_plan, transpose_fields
+from ..kernels._routing import RoutedFields, route_fields, routed_diagonal_blocks
 from ..options import DEFAULT_TILE
 from ..validation import as_points
 
@@ -76,7 +77,7 @@ def tile_product(tile_data, X1, X2, V, directions=None, route=None) -> np.ndarra
         Projected augmentation (:func:`jacntk.projected_kernel`).
     route : tuple (arch, kind), optional
         The architecture and kind of field tiles: their near-collinear pairs are routed by
-        :func:`jacntk.kernels._compute.route_fields` (the numbers of ``jacntk.kernel``).
+        :func:`jacntk.kernels._routing.route_fields` (the numbers of ``jacntk.kernel``).
         Without it field tiles are multiplied as they are.
 
     Returns
@@ -183,7 +184,7 @@ def symmetric_product(
     (``transpose_fields`` for fields), so each upper tile is used twice: ``y_i += T_ij V_j``,
     ``y_j += T_ij^T V_i``.  ``slices[i]`` are the point indices of tile ``i``; ``points``
     (N, d) are needed for fields.  ``route = (arch, kind)`` routes the pairs of field tiles
-    (:func:`jacntk.kernels._compute.route_fields`, decided once per upper tile).  Scalar tiles
+    (:func:`jacntk.kernels._routing.route_fields`, decided once per upper tile).  Scalar tiles
     may be float32 (a float32 store): they are read once, in their own precision, and the sums
     are accumulated in float64.
     """
@@ -337,7 +338,7 @@ class StructuredGram(GramOperator):
 
     def tile_data(self, i: int, j: int):
         """Tile ``i <= j``: the scalar kernel (ti, tj), or for the Jacobian Gram its fields
-        with the routing of :func:`jacntk.kernels._compute.route_fields` attached
+        with the routing of :func:`jacntk.kernels._routing.route_fields` attached
         (``RoutedFields``: near-collinear ReLU pairs come from the stable route)."""
         if self.cache is not None and (i, j) in self.cache:
             return self.cache[i, j]

@@ -3,7 +3,8 @@
 Each upper tile of a complete :class:`jacntk.store.GramStore` is read (and checked) once, by
 one worker, and stays there; a product sends ``V`` to the workers once, each worker multiplies
 its tiles (each used as itself and as its transpose, :func:`symmetric_product`), and the partial
-results are summed on the workers, so the client receives one ``(N block, k)`` array.
+results are summed on the workers, so the client receives one ``(N block, k)`` array.  A
+product interrupted by a lost worker is run again (at most ``_ATTEMPTS`` times).
 
 Mechanism: one *future* per worker, the result of a pure loading task
 (``_load_part(store, tiles)``) submitted with ``workers=[w], allow_other_workers=True``.  A
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels._compute import route_fields, routed_diagonal_blocks
+from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ._gram import GramOperator, _as_columns, symmetric_product
+
+#: Products run again at most this often when workers die under them.
+_ATTEMPTS = 3
 
 
 @dataclass
@@ -167,12 +171,30 @@ class ResidentGram(GramOperator):
 
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
-        [fut] = self.client.scatter([V], broadcast=True, hash=False)
-        partials = [self.client.submit(_part_product, p, fut, pure=False) for p in self.parts]
-        total = self.client.submit(_total, *partials, pure=False)
-        out = total.result()
-        del fut, partials, total
-        return out
+        last = None
+        for _ in range(_ATTEMPTS):
+            if not self.client.scheduler_info().get("workers"):
+                raise RuntimeError(
+                    "no Dask worker remains to hold the Gram: the product cannot run "
+                    "(restart workers; the tiles are reloaded from the store)"
+                )
+            try:
+                # V goes to one worker and from there to the others that need it; if a worker
+                # dies mid-product the lost parts are reloaded by the scheduler and the
+                # product is simply run again
+                fut = self.client.scatter(V, hash=False)
+                partials = [
+                    self.client.submit(_part_product, p, fut, pure=False) for p in self.parts
+                ]
+                total = self.client.submit(_total, *partials, pure=False)
+                return total.result()
+            except (ValueError, TypeError):
+                raise  # a bad input or a damaged tile: not a lost worker
+            except Exception as exc:  # noqa: BLE001 - a lost worker or lost data: run again
+                last = exc
+        raise RuntimeError(
+            f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
+        ) from last
 
     def _diagonal(self) -> np.ndarray:
         pieces = {}

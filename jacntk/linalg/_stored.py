@@ -5,7 +5,7 @@ Where it lives is decided once, by :func:`fits_in_memory` against one budget (ha
 available, or ``cache_mb``): the whole matrix as one float64 array (``dense``: the direct route
 of a ``t = inf`` solve), else its upper tiles (``cached``), else streamed from the store on every
 product.  The symmetric half is multiplied twice, once transposed.  A Jacobian store holds
-the eight fields; the pairs that :func:`jacntk.kernels._compute.stable_pairs` routes
+the eight fields; the pairs that :func:`jacntk.kernels._routing.stable_pairs` routes
 (near-collinear ReLU pairs, where the fields cancel) are repaired from the store's own inputs
 ``X``, so the operator has the numbers of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels._compute import route_fields, routed_diagonal_blocks
+from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ._gram import GramOperator, _as_columns, symmetric_product, tile_product
 
 #: Dense copies of the matrix the direct route holds at once: the matrix kept in memory and the

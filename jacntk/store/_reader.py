@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arch import MLP
-from ..kernels._compute import compute_tile, route_fields, routed_diagonal_blocks
+from ..kernels._compute import compute_tile
 from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
+from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ..validation import as_vector
 from ._format import (
     _MISSING_SHOWN,
@@ -279,7 +280,7 @@ class GramStore:
         (len(rows), len(cols)) float64, or with ``jacobian=True`` (Jacobian stores only) the
         point-major augmented block ``(len(rows)*(d+1), len(cols)*(d+1))``, materialised with
         :func:`jacntk.augment` from the gathered eight fields and the inputs; the pairs that
-        :func:`jacntk.kernels._compute.stable_pairs` routes (near-collinear ReLU pairs, where
+        :func:`jacntk.kernels._routing.stable_pairs` routes (near-collinear ReLU pairs, where
         the fields cancel) are recomputed from the stored inputs by the stable ReLU route, so
         the blocks are those of ``jacntk.kernel(arch, X, kind=kind, jacobian=True)``.
         """
@@ -326,7 +327,7 @@ class GramStore:
 
         The augmented diagonal of point ``x`` (docs/math.md §4.2, x = x') is ``K`` for the value and
         ``K_p + (K_pp + 2 K_pq + 2 K_pr + 4 K_qr) x_a^2`` for coordinate ``a``; diagonal pairs
-        that :func:`jacntk.kernels._compute.stable_pairs` routes (all of them for the ReLU
+        that :func:`jacntk.kernels._routing.stable_pairs` routes (all of them for the ReLU
         kinds) come from the stable ReLU route (:func:`routed_diagonal_blocks`).
         """
         if jacobian and not self.jacobian:
