@@ -53,7 +53,9 @@ class SolverOptions:
     """How the dual coefficients ``phi_t(B) D^{1/2} (Y - F_0)`` are solved for.
 
     Finite times run Lanczos (one Krylov basis per target column for all times); ``t = inf``
-    runs a direct solve when ``B`` is dense in memory, else preconditioned CG.
+    runs a direct solve (Cholesky, pseudo-inverse fallback) when ``B`` is in memory — a dense
+    Gram, or a stored one that fits (``jacntk.linalg._stored.fits_in_memory``) — else
+    preconditioned CG.
 
     Parameters
     ----------
@@ -64,7 +66,8 @@ class SolverOptions:
         20000)``, Lanczos: ``min(N * block, 1000)``).
     preconditioner : {"block-jacobi", "nystrom", "none"}, None or operator, default "block-jacobi"
         Preconditioner of CG at ``t = inf``; None and ``"none"`` both mean plain CG; an object
-        with ``matmat`` is applied as it is.
+        with ``matmat`` is applied as it is.  ``"block-jacobi"`` on a scalar (block-1) Gram, a
+        mere diagonal scaling there, runs ``"nystrom"`` instead (its ``mu`` is reported).
     rank : int, default 100
         Sketch size (>= 1) of the ``"nystrom"`` preconditioner (at most ``N * block - 1`` is
         used).
@@ -112,10 +115,11 @@ class OperatorOptions:
     Parameters
     ----------
     operator : {"auto", "dense", "structured", "stored"}, default "auto"
-        ``"auto"``: the store when the training input is a ``GramStore``, else dense in memory
+        ``"auto"``: a ``GramStore`` read into memory when it fits (else its tiles), else dense
         while the matrix fits ``DENSE_BYTES`` (jacntk.training), else matrix-free;
         ``"dense"``: the kernel matrix in memory; ``"structured"``: matrix-free, the fields of
-        every tile recomputed per product; ``"stored"``: tiles read from a ``GramStore``.
+        every tile recomputed per product; ``"stored"``: tiles read from a ``GramStore`` (always,
+        and CG at ``t = inf``).
     tile : int, default ``DEFAULT_TILE`` (1024)
         Points per tile (>= 1) of matrix-free products (training and cross Gram); memory is
         ``O(tile^2)`` fields per tile.

@@ -153,10 +153,16 @@ def test_distributed_stored_gram_on_real_workers_agrees(stores, points, rng):
         Client(cluster) as c,
     ):
         with get_task_stream(client=c) as stream:
-            out = StoredGram(fields, client=c) @ V
-        # one task per tile-row, run on the workers (not in this process)
-        rows = [t for t in stream.data if "stored_row_product" in str(t["key"])]
-        assert len(rows) == fields.n_tiles == 3
+            op = StoredGram(fields, client=c)
+            out = op @ V
+            out2 = op @ V
+        # the tiles are loaded once, one task per worker, and stay there; each product is one
+        # task per worker's part (run on the workers, not in this process) and one sum
+        loads = [t for t in stream.data if "jacntk-resident" in str(t["key"])]
+        products = [t for t in stream.data if "part_product" in str(t["key"])]
+        assert len(loads) == len(op.resident.assignment) == 2
+        assert len(products) == 2 * len(loads) and {t["worker"] for t in loads} == set(c.ncores())
+        assert np.array_equal(out, out2)
         assert rel(out, StoredGram(fields) @ V) < 1e-14
         values = G[::5, ::5] @ V[:37]
         assert rel(StoredGram(scalar, client=c) @ V[:37], values) < 1e-13

@@ -12,7 +12,7 @@ import pytest
 
 import jacntk
 from jacntk.linalg import ScaledGram, StoredGram, cg
-from jacntk.linalg._resident import ResidentGram, balance
+from jacntk.linalg._resident import balance
 from jacntk.store import ChecksumError, GramStore, assemble
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -56,11 +56,11 @@ def test_balance_splits_by_weight():
 def test_resident_product_and_diagonal_equal_the_stored_operator(cluster, stores, which, rng):
     store = stores[0] if which == "scalar" else stores[1]
     values_only = which == "values_only"
-    op = ResidentGram(store, cluster, values_only=values_only)
-    ref = StoredGram(store, values_only=values_only)
-    assert op.shape == ref.shape
-    assert len(op.assignment) == 2  # both workers hold tiles
-    held = sorted(t for tiles in op.assignment.values() for t in tiles)
+    op = StoredGram(store, client=cluster, values_only=values_only, dense=False)
+    ref = StoredGram(store, values_only=values_only, dense=False)
+    assert op.shape == ref.shape and "resident in the memory of 2 workers" in op.residency
+    assert len(op.resident.assignment) == 2  # both workers hold tiles
+    held = sorted(t for tiles in op.resident.assignment.values() for t in tiles)
     assert held == [(i, j) for i in range(store.n_tiles) for j in range(i, store.n_tiles)]
     V = rng.standard_normal((op.shape[0], 3))
     np.testing.assert_allclose(op @ V, ref @ V, rtol=1e-12, atol=1e-12)
@@ -70,7 +70,7 @@ def test_resident_product_and_diagonal_equal_the_stored_operator(cluster, stores
 def test_a_worker_sigkilled_mid_solve_gives_the_same_solution(cluster, stores, rng):
     store = stores[0]
     y = rng.standard_normal((store.n, 2))
-    A = ScaledGram(ResidentGram(store, cluster), 1.0, jitter=0.1)
+    A = ScaledGram(StoredGram(store, client=cluster, dense=False), 1.0, jitter=0.1)
     calm = cg(A, y, tol=1e-11).x
     pids = cluster.run(os.getpid)
     killed = []
@@ -81,7 +81,7 @@ def test_a_worker_sigkilled_mid_solve_gives_the_same_solution(cluster, stores, r
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(victim)
 
-    A = ScaledGram(ResidentGram(store, cluster), 1.0, jitter=0.1)
+    A = ScaledGram(StoredGram(store, client=cluster, dense=False), 1.0, jitter=0.1)
     stormy = cg(A, y, tol=1e-11, callback=kill_one).x
     assert killed
     np.testing.assert_allclose(stormy, calm, rtol=1e-10, atol=1e-12)
@@ -98,4 +98,4 @@ def test_a_damaged_tile_fails_when_loaded(cluster, stores, tmp_path):
     data[7] ^= 4
     chunk.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match=r"tile \(1, 3\) is damaged"):
-        ResidentGram(GramStore.open(path), cluster)
+        StoredGram(GramStore.open(path), client=cluster, dense=False)

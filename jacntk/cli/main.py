@@ -34,7 +34,7 @@ COMMANDS = {
     ),
     "solve": (
         "jacntk.cli.solve",
-        "train the infinite-width network on a stored Gram (CG / Lanczos)",
+        "train the infinite-width network on a stored Gram (direct / CG / Lanczos)",
     ),
 }
 SUBCOMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))

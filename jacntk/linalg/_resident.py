@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels._routing import route_fields, routed_diagonal_blocks
-from ._gram import GramOperator, _as_columns, symmetric_product
+from ..kernels._routing import route_fields
+from ._gram import symmetric_product
 
 #: Products run again at most this often when workers die under them.
 _ATTEMPTS = 3
@@ -102,8 +102,9 @@ def balance(weights: list[int], n_bins: int) -> list[list[int]]:
     return bins
 
 
-class ResidentGram(GramOperator):
-    """A complete Gram store held in the memory of a Dask cluster's workers.
+class ResidentTiles:
+    """The upper tiles of a complete Gram store held in the memory of a Dask cluster's workers:
+    the engine of :class:`jacntk.linalg.StoredGram` with a client.
 
     Parameters
     ----------
@@ -117,9 +118,9 @@ class ResidentGram(GramOperator):
     Notes
     -----
     Memory: the upper tiles once across the workers (scalar tiles in the stored dtype, fields
-    as float64), balanced by bytes; on the client only vectors, ``O(N block k)``.  A product
-    moves ``V`` to each worker once and one summed ``(N block, k)`` array back.  Scalar stores
-    give block 1, Jacobian stores block d+1 (point-major), as :class:`StoredGram`.
+    as float64 with their routing), balanced by bytes; on the client only vectors,
+    ``O(N block k)``.  A product moves ``V`` to the workers once and one summed
+    ``(N block, k)`` array back.  ``assignment`` maps each worker to the tiles it loaded.
     """
 
     def __init__(self, store, client, *, values_only: bool = False):
@@ -130,9 +131,7 @@ class ResidentGram(GramOperator):
             )
         self.store, self.client = store, client
         self.values_only = bool(values_only) or not store.jacobian
-        self.arch, self.kind = store.arch, store.kind
-        self.points = np.asarray(store.points) if store.jacobian else None
-        super().__init__(store.n, 1 if self.values_only else store.d + 1)
+        self.block = 1 if self.values_only else store.d + 1
         workers = sorted(client.scheduler_info().get("workers", {}))
         if not workers:
             raise ValueError("the Dask cluster has no workers to hold the Gram")
@@ -169,8 +168,8 @@ class ResidentGram(GramOperator):
             if f.status == "error":
                 f.result()  # raises the loading error (e.g. a ChecksumError) here
 
-    def _matmat(self, V):
-        V = _as_columns(V, self.shape[0])
+    def product(self, V: np.ndarray) -> np.ndarray:
+        """``G V`` for ``V`` of shape ``(N block, k)`` (float64)."""
         last = None
         for _ in range(_ATTEMPTS):
             if not self.client.scheduler_info().get("workers"):
@@ -196,23 +195,10 @@ class ResidentGram(GramOperator):
             f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
         ) from last
 
-    def _diagonal(self) -> np.ndarray:
+    def diagonal(self) -> np.ndarray:
+        """The stored diagonal pairs, gathered from the workers: fields (8, n), or the values
+        (n,) for block 1."""
         pieces = {}
         for d in self.client.gather([self.client.submit(_part_diagonal, p) for p in self.parts]):
             pieces.update(d)
         return np.concatenate([pieces[i] for i in range(self.store.n_tiles)], axis=-1)
-
-    def diagonal_fields(self):
-        if self.values_only:
-            return None
-        return self._diagonal(), self.points
-
-    def diagonal_blocks(self) -> np.ndarray:
-        F = self._diagonal()
-        if self.values_only:
-            return F[:, None, None].copy()
-        return routed_diagonal_blocks(self.arch, self.kind, F, self.points)
-
-    def close(self) -> None:
-        """Release the workers' memory (also when the operator is garbage-collected)."""
-        self.parts = []

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ._gram import GramOperator, _as_columns, symmetric_product, tile_product
+from ._resident import ResidentTiles
 
 #: Dense copies of the matrix the direct route holds at once: the matrix kept in memory and the
 #: scaled copy that LAPACK factorises in place (``jacntk.training._coefficients``).
@@ -91,9 +92,9 @@ class StoredGram(GramOperator):
     store : GramStore
         Must be complete (every tile written).
     client : distributed.Client, optional
-        Run each product as one task per tile-row on the workers, each reading its own tiles
-        from the store (a handle scattered once); the vector is scattered (broadcast) once per
-        product.
+        Hold the Gram in the workers' memory (``ResidentTiles``, :mod:`jacntk.linalg._resident`):
+        each upper tile is read once by one worker and stays there; a product moves only
+        vectors, and a worker that dies has its tiles reloaded from the store elsewhere.
         Without a client the tiles are streamed here (``GramStore.matvec``: out-of-core).
         Unused when the matrix is held ``dense``.
     values_only : bool
@@ -144,7 +145,6 @@ class StoredGram(GramOperator):
             )
         self.store = store
         self.client = client
-        self._remote_store = None
         self.values_only = bool(values_only) or not store.jacobian
         self.points = np.asarray(store.points) if store.jacobian else None
         self.arch, self.kind = store.arch, store.kind
@@ -165,10 +165,10 @@ class StoredGram(GramOperator):
         self.cached = self.dense or (
             client is None and fits_in_memory(self.tile_bytes, self.budget_mib)
         )
+        self.resident = None
         if client is not None and not self.dense:
-            # a fresh handle (no cached points) is scattered once; each worker loads X lazily
-            fresh = type(store).open(store.location)
-            [self._remote_store] = client.scatter([fresh], broadcast=True, hash=False)
+            # every upper tile loaded once into one worker's memory, kept there (_resident.py)
+            self.resident = ResidentTiles(store, client, values_only=self.values_only)
 
     @property
     def residency(self) -> str:
@@ -182,8 +182,10 @@ class StoredGram(GramOperator):
         elif self.cached:
             where = f"tiles cached in memory ({self.tile_bytes / mib:,.0f} MiB"
         else:
-            where = "streamed " + (
-                "on the cluster" if self.client is not None else "from the store"
+            where = (
+                f"resident in the memory of {len(self.resident.assignment)} workers"
+                if self.resident is not None
+                else "streamed from the store"
             )
             where += (
                 f" (dense {self.dense_bytes / mib:,.0f} MiB, tiles {self.tile_bytes / mib:,.0f} MiB"
@@ -262,27 +264,20 @@ class StoredGram(GramOperator):
             slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
             points = None if self.values_only else self.points
             return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
-        if self.client is None and not (self.values_only and self.store.jacobian):
+        if self.resident is not None:
+            return self.resident.product(V)
+        if not (self.values_only and self.store.jacobian):
             return self.store.matvec(V)  # each upper tile read once, used twice (and routed)
-        if self.client is None:
-            parts = [
-                _stored_row_product(self.store, i, V, self.values_only)
-                for i in range(self.store.n_tiles)
-            ]
-        else:
-            [fut] = self.client.scatter([V], broadcast=True, hash=False)
-            futures = [
-                self.client.submit(
-                    _stored_row_product, self._remote_store, i, fut, self.values_only, pure=False
-                )
-                for i in range(self.store.n_tiles)
-            ]
-            parts = self.client.gather(futures)
-            del fut
+        parts = [
+            _stored_row_product(self.store, i, V, self.values_only)
+            for i in range(self.store.n_tiles)
+        ]
         return np.concatenate(parts, axis=0)
 
     def _diagonal(self) -> np.ndarray:
         """The stored diagonal pairs: fields (8, n), or the values (n,) for block 1."""
+        if self.resident is not None:
+            return self.resident.diagonal()
         parts = []
         for i in range(self.store.n_tiles):
             si = self.store.tile_slice(i)
