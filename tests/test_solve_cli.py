@@ -137,7 +137,7 @@ def test_solve_classification_on_a_distributed_cluster_reports_accuracy(workdir)
     assert "direct (cholesky)" in local.stderr  # the store fits: read once, solved directly
     # --operator stored: the tiles' products on the cluster's workers, CG at t = inf
     dist = solve(workdir, *args, "--out", "dist.npz", "--workers", "1", "--operator", "stored")
-    assert "on 1 workers" in dist.stderr and "streamed on the cluster" in dist.stderr
+    assert "on 1 workers" in dist.stderr and "resident in the memory of 1 workers" in dist.stderr
     lines = local.stdout.splitlines()
     assert lines[0].startswith("t=5: accuracy ") and lines[1].startswith("t=inf: accuracy ")
     assert dist.stdout == local.stdout

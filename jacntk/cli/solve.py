@@ -29,7 +29,7 @@ def register(sub) -> None:
     solver, operator = SolverOptions(), OperatorOptions()
     p = sub.add_parser(
         "solve",
-        help="train the infinite-width network on a stored Gram (CG / Lanczos)",
+        help="train the infinite-width network on a stored Gram (direct / CG / Lanczos)",
         description="Predictions of the infinite-width network trained (with optional Jacobian "
         "regularisation) on the points of a Gram store, at the given training times "
         "(t = inf by default: kernel regression).  A store that fits in memory is read once "

@@ -172,11 +172,6 @@ class ResidentTiles:
         """``G V`` for ``V`` of shape ``(N block, k)`` (float64)."""
         last = None
         for _ in range(_ATTEMPTS):
-            if not self.client.scheduler_info().get("workers"):
-                raise RuntimeError(
-                    "no Dask worker remains to hold the Gram: the product cannot run "
-                    "(restart workers; the tiles are reloaded from the store)"
-                )
             try:
                 # V goes to one worker and from there to the others that need it; if a worker
                 # dies mid-product the lost parts are reloaded by the scheduler and the
@@ -191,6 +186,11 @@ class ResidentTiles:
                 raise  # a bad input or a damaged tile: not a lost worker
             except Exception as exc:  # noqa: BLE001 - a lost worker or lost data: run again
                 last = exc
+                if not self.client.scheduler_info().get("workers"):
+                    raise RuntimeError(
+                        "no Dask worker remains to hold the Gram: the product cannot run "
+                        "(start workers again; the tiles are reloaded from the store)"
+                    ) from exc
         raise RuntimeError(
             f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
         ) from last
