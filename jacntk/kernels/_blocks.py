@@ -11,12 +11,47 @@ Dense matrices are point-major: row ``i*(d+1) + alpha``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit, prange
 
 from ..arch import MLP
 from ..validation import as_pair
-from ._fields import KernelFields
+from ._fields import FIELD_NAMES
+
+
+@dataclass(frozen=True)
+class KernelFields:
+    """The structured representation of a Jacobian-augmented kernel matrix (docs/math.md §4.2).
+
+    Attributes
+    ----------
+    K, K_p, K_q, K_r, K_pp, K_pq, K_pr, K_qr : (n1, n2) float64
+        Views into ``data``; ``K_bullet[i, j] = kappa^2 d_bullet Kernel(p_ij, q_i, r_j)``.
+        For ``kind="ntk_truncated"`` they are the truncated recursion's fields, which enter the
+        block formula the same way but are not derivatives of one scalar function.
+    data : (8, n1, n2) float64
+        All fields, axis 0 ordered as ``FIELD_NAMES``.
+    kind : str
+        ``"nngp"``, ``"ntk"`` or ``"ntk_truncated"``.
+    """
+
+    data: np.ndarray
+    kind: str
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in FIELD_NAMES:
+            return self.data[FIELD_NAMES.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[1:]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """The eight fields by name."""
+        return dict(zip(FIELD_NAMES, self.data, strict=True))
 
 
 def _field_arrays(fields: KernelFields | np.ndarray) -> np.ndarray:

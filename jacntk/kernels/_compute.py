@@ -16,6 +16,7 @@ import numpy as np
 from ..arch import MLP, check_kind
 from ..validation import as_pair
 from ._blocks import (
+    KernelFields,
     _augment_as,
 )
 from ._fields import (
@@ -23,7 +24,6 @@ from ._fields import (
     BOTH_TRUNCATED,
     KIND_CODES,
     SMALL_TILE_PAIRS,
-    KernelFields,
     Plan,
     _closed_form_scalar_rows,
     _diag_chain,

@@ -165,6 +165,38 @@ def _gaussian_jets(omega, c, aq, br, m00, m11, m20, m02, m22, m31, m13, out):
     )
 
 
+@njit(cache=True, inline="always")
+def _start_jets(omega, sb2, p, d, S, T):
+    """The input layer's jets of a pair (``S``; ``T`` for the NTK starts equal)."""
+    for k in range(8):
+        S[k] = 0.0
+    S[0] = omega * p / d + sb2
+    S[1] = omega / d
+    for k in range(8):
+        T[k] = S[k]
+
+
+@njit(cache=True, inline="always")
+def _advance_jets(kind, nS, D, S, T):
+    """One layer of the NTK jets ``T`` from the new NNGP jets ``nS`` and their derivative
+    ``D`` (kind 1; kind 2, the truncated NTK, uses ``D[0]`` only), then ``S <- nS``."""
+    if kind == 1:
+        t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
+        T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
+        T[5] = nS[5] + D[5] * t0 + D[1] * t2 + D[2] * t1 + D[0] * T[5]
+        T[6] = nS[6] + D[6] * t0 + D[1] * t3 + D[3] * t1 + D[0] * T[6]
+        T[7] = nS[7] + D[7] * t0 + D[2] * t3 + D[3] * t2 + D[0] * T[7]
+        T[1] = nS[1] + D[1] * t0 + D[0] * t1
+        T[2] = nS[2] + D[2] * t0 + D[0] * t2
+        T[3] = nS[3] + D[3] * t0 + D[0] * t3
+        T[0] = nS[0] + D[0] * t0
+    elif kind == 2:
+        for k in range(8):
+            T[k] = nS[k] + D[0] * T[k]
+    for k in range(8):
+        S[k] = nS[k]
+
+
 @njit(cache=True)
 def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T, nS, D, diag):
     """Run the jet recursion for one pair; the result (before kappa^2) is left in S or T.
@@ -172,12 +204,7 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
     ``diag``: the pair is ``(x, x)``; its covariance is reset to the diagonal chain's variance
     at every layer, because in the chaotic phase (chi > 1) ``c = a`` is an unstable fixed point
     of the correlation map and round-off would otherwise grow like chi^L."""
-    for k in range(8):
-        S[k] = 0.0
-    S[0] = omega * p / d + sb2
-    S[1] = omega / d
-    for k in range(8):
-        T[k] = S[k]
+    _start_jets(omega, sb2, p, d, S, T)
     order = NTK_JETS if kind == 1 else JETS
     for layer in range(depth):
         a = vi[layer]
@@ -210,21 +237,7 @@ def _pair_jets(act, kind, depth, omega, sb2, p, d, vi, vpi, vj, vpj, h, F, S, T,
                 _gaussian_jets(omega, S, aq, br, F[1], F[4], F[5], F[6], F[7], F[8], F[9], D)
             else:
                 D[0] = omega * F[1]
-        if kind == 1:
-            t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
-            T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
-            T[5] = nS[5] + D[5] * t0 + D[1] * t2 + D[2] * t1 + D[0] * T[5]
-            T[6] = nS[6] + D[6] * t0 + D[1] * t3 + D[3] * t1 + D[0] * T[6]
-            T[7] = nS[7] + D[7] * t0 + D[2] * t3 + D[3] * t2 + D[0] * T[7]
-            T[1] = nS[1] + D[1] * t0 + D[0] * t1
-            T[2] = nS[2] + D[2] * t0 + D[0] * t2
-            T[3] = nS[3] + D[3] * t0 + D[0] * t3
-            T[0] = nS[0] + D[0] * t0
-        elif kind == 2:
-            for k in range(8):
-                T[k] = nS[k] + D[0] * T[k]
-        for k in range(8):
-            S[k] = nS[k]
+        _advance_jets(kind, nS, D, S, T)
 
 
 @njit(cache=True, inline="always")
@@ -508,36 +521,3 @@ def _mirror(src, dst):
             for i in range(bi * bs, min(n, (bi + 1) * bs)):
                 for j in range(max(i + 1, bj * bs), min(n, (bj + 1) * bs)):
                     dst[j, i] = src[i, j]
-
-
-@dataclass(frozen=True)
-class KernelFields:
-    """The structured representation of a Jacobian-augmented kernel matrix (docs/math.md §4.2).
-
-    Attributes
-    ----------
-    K, K_p, K_q, K_r, K_pp, K_pq, K_pr, K_qr : (n1, n2) float64
-        Views into ``data``; ``K_bullet[i, j] = kappa^2 d_bullet Kernel(p_ij, q_i, r_j)``.
-        For ``kind="ntk_truncated"`` they are the truncated recursion's fields, which enter the
-        block formula the same way but are not derivatives of one scalar function.
-    data : (8, n1, n2) float64
-        All fields, axis 0 ordered as ``FIELD_NAMES``.
-    kind : str
-        ``"nngp"``, ``"ntk"`` or ``"ntk_truncated"``.
-    """
-
-    data: np.ndarray
-    kind: str
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        if name in FIELD_NAMES:
-            return self.data[FIELD_NAMES.index(name)]
-        raise AttributeError(name)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.data.shape[1:]
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """The eight fields by name."""
-        return dict(zip(FIELD_NAMES, self.data, strict=True))

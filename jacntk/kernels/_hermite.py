@@ -19,12 +19,14 @@ from numba import njit, prange
 
 from ._activations import N_ACTIVATIONS
 from ._fields import (
+    _advance_jets,
     _gaussian_jets,
     _mirror_fields,
     _mirror_scalar,
     _n_results,
     _pass_kind,
     _rows_of_task,
+    _start_jets,
     _store_pair_fields,
     _store_pair_scalar,
     _task_row,
@@ -329,12 +331,7 @@ def _hermite_pair_jets(
 ):  # fmt: skip
     """``_pair_jets`` of a smooth activation (no collinear ReLU cases) with the moments of
     ``hermite_moments``; ``ci, ti, gi``: the first point's tables, ``cj, tj`` the second's."""
-    for k in range(8):
-        S[k] = 0.0
-    S[0] = omega * p / d + sb2
-    S[1] = omega / d
-    for k in range(8):
-        T[k] = S[k]
+    _start_jets(omega, sb2, p, d, S, T)
     order = NTK_JETS if kind == 1 else JETS
     for layer in range(depth):
         a = vi[layer]
@@ -351,21 +348,9 @@ def _hermite_pair_jets(
         nS[0] += sb2
         if kind == 1:
             _gaussian_jets(omega, S, aq, br, F[1], F[4], F[5], F[6], F[7], F[8], F[9], D)
-            t0, t1, t2, t3 = T[0], T[1], T[2], T[3]
-            T[4] = nS[4] + D[4] * t0 + 2.0 * D[1] * t1 + D[0] * T[4]
-            T[5] = nS[5] + D[5] * t0 + D[1] * t2 + D[2] * t1 + D[0] * T[5]
-            T[6] = nS[6] + D[6] * t0 + D[1] * t3 + D[3] * t1 + D[0] * T[6]
-            T[7] = nS[7] + D[7] * t0 + D[2] * t3 + D[3] * t2 + D[0] * T[7]
-            T[1] = nS[1] + D[1] * t0 + D[0] * t1
-            T[2] = nS[2] + D[2] * t0 + D[0] * t2
-            T[3] = nS[3] + D[3] * t0 + D[0] * t3
-            T[0] = nS[0] + D[0] * t0
         elif kind == 2:
             D[0] = omega * F[1]
-            for k in range(8):
-                T[k] = nS[k] + D[0] * T[k]
-        for k in range(8):
-            S[k] = nS[k]
+        _advance_jets(kind, nS, D, S, T)
 
 
 @njit(cache=True, parallel=True)

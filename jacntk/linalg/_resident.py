@@ -42,15 +42,6 @@ class _Part:
     def product(self, V: np.ndarray) -> np.ndarray:
         return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(_nbytes(d) for _, _, d in self.tiles)
-
-
-def _nbytes(data) -> int:
-    raw = data.fields if hasattr(data, "fields") else data
-    return int(np.asarray(raw).nbytes)
-
 
 def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
     """Read (every chunk checked) the upper tiles ``tiles`` of ``store`` into memory."""
