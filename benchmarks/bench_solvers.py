@@ -143,7 +143,7 @@ def bench_preconditioners(n: int, d: int, depths, maxiter: int) -> str:
 def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int) -> str:
     """Scalar NTK: assemble a float32 store on the embedded cluster, then (workers closed) read
     its upper tiles once into memory, Nystrom-preconditioned CG at t = inf and Lanczos (10
-    outputs in lockstep) at 9 finite times; test accuracy at all 10."""
+    outputs in one block Krylov space) at 9 finite times; test accuracy at all 10."""
     from jacntk.store import GramStore, assemble
 
     X, y, Xt, yt = standardised_fmnist(n, n_test)
@@ -192,7 +192,7 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
         f"### Fashion-MNIST kernel regression from a stored scalar NTK\n\nN = {n} training, "
         f"{n_test} test images (d = 784), erf depth 3, float32 store (tile {tile}, "
         f"{report.workers} embedded workers), jitter {jitter:g}, 10 one-hot outputs; Lanczos "
-        f"(tol 1e-6, the 10 outputs in lockstep: one product per step) at 9 times c t = "
+        f"(tol 1e-6, block Lanczos, the 10 outputs in one Krylov space: one product per step) at 9 times c t = "
         f"0.01 ... 100 and Nystrom-preconditioned CG (tol 1e-6) at t = inf.\n\n"
         + table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in stages.items()])
         + f"\n\n**Total {total:.0f} s = {total / 60:.1f} min** (goal 30 min: {goal}); peak RSS of "
@@ -207,7 +207,7 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
 def bench_jntk_structured(
     n: int, n_test: int, tile: int, cts, tol: float, target: int | None = None
 ) -> str:
-    """JNTK, lam > 0, matrix-free structured operator: Lanczos (10 outputs in lockstep) at the
+    """JNTK, lam > 0, matrix-free structured operator: block Lanczos (10 outputs in one Krylov space) at the
     finite times ``c t`` in ``cts``; with ``target``, also one step (a 10-column product) of the
     operator on ``target`` points, timed."""
     X, y, Xt, yt = standardised_fmnist(n, n_test)
@@ -270,7 +270,7 @@ def bench_jntk_structured(
     return (
         f"### JNTK (lam = 0.01) with the matrix-free structured operator\n\nN = {n} Fashion-MNIST "
         f"images (N(d+1) = {n * (d + 1)} unknowns), {n_test} test, erf depth 3, jitter 1e-6, "
-        f"tile {tile}; Lanczos (the 10 outputs in lockstep, tol {tol:g}) at c t = "
+        f"tile {tile}; block Lanczos (the 10 outputs in one Krylov space, tol {tol:g}) at c t = "
         f"{', '.join(f'{ct:g}' for ct in cts)}; every product recomputes the fields of all "
         f"N(N+1)/2 pairs and applies them with three GEMMs of N x N x d per column.\n\n"
         f"solve {t_solve:.1f} s ({'; '.join(coef.diagnostics['lanczos'])}; {per_step:.1f} s per "

@@ -52,7 +52,7 @@ UNSET = _Unset.UNSET
 class SolverOptions:
     """How the dual coefficients ``phi_t(B) D^{1/2} (Y - F_0)`` are solved for.
 
-    Finite times run Lanczos (one Krylov basis per target column for all times); ``t = inf``
+    Finite times run block Lanczos (one Krylov space for all columns and times); ``t = inf``
     runs a direct solve (Cholesky, pseudo-inverse fallback) when ``B`` is in memory — a dense
     Gram, or a stored one that fits (``jacntk.linalg._stored.fits_in_memory``) — else
     preconditioned CG.

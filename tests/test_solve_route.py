@@ -177,67 +177,25 @@ def test_a_3000_iteration_cg_solve_prints_a_bounded_bar_or_nothing(stores):
     assert quiet.stdout == bar.stdout
 
 
-def test_solve_reads_an_s3_store_with_its_storage_options(tmp_path):
+def test_solve_reads_an_s3_store_with_its_storage_options(tmp_path, s3, s3_flags):
     """``--storage-option`` reaches ``GramStore.open``: a store on a moto S3 server with its own
     endpoint, solved from the shell, equals the in-memory prediction."""
-    import json
-    import socket
-
-    pytest.importorskip("s3fs", reason="s3fs not installed (pip install 'jacntk[s3]')")
-    pytest.importorskip("moto.server", reason="moto[server] not installed")
-    boto3 = pytest.importorskip("boto3")
     from distributed import Client, LocalCluster
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.1)
-        options = {
-            "endpoint_url": f"http://127.0.0.1:{port}",
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"region_name": "us-east-1"},
-        }
-        boto3.client(
-            "s3",
-            endpoint_url=options["endpoint_url"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="solve")
-        X = np.random.default_rng(5).standard_normal((40, 3))
-        url = "s3://solve/k.zarr"
-        with (
-            LocalCluster(
-                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            assemble(ARCH, X, url, tile=16, client=client, storage_options=options)
-        np.save(tmp_path / "y.npy", np.sin(X[:, 0]))
-        np.save(tmp_path / "Xt.npy", X[:6] + 0.05)
-        flags = [
-            f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}"
-            for k, v in options.items()
-        ]
-        args = [url, "--targets", "y.npy", "--test", "Xt.npy", "--out", "s3.npz", "--quiet"]
-        proc, _ = solve(tmp_path, *args, *flags)
-        assert b"direct (cholesky)" in proc.stderr
-        with np.load(tmp_path / "s3.npz") as out:
-            ref = predict(ARCH, X, np.sin(X[:, 0]), X[:6] + 0.05, times=[np.inf])
-            assert rel(out["values"], ref.values) < 1e-10
-    finally:
-        server.kill()
-        server.wait(timeout=30)
+    X = np.random.default_rng(5).standard_normal((40, 3))
+    url = "s3://jacntk-test/solve/k.zarr"
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assemble(ARCH, X, url, tile=16, client=client, storage_options=s3)
+    np.save(tmp_path / "y.npy", np.sin(X[:, 0]))
+    np.save(tmp_path / "Xt.npy", X[:6] + 0.05)
+    args = [url, "--targets", "y.npy", "--test", "Xt.npy", "--out", "s3.npz", "--quiet"]
+    proc, _ = solve(tmp_path, *args, *s3_flags)
+    assert b"direct (cholesky)" in proc.stderr
+    with np.load(tmp_path / "s3.npz") as out:
+        ref = predict(ARCH, X, np.sin(X[:, 0]), X[:6] + 0.05, times=[np.inf])
+        assert rel(out["values"], ref.values) < 1e-10

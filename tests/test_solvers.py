@@ -151,15 +151,16 @@ def test_lanczos_stops_when_every_time_converged_and_reports_estimates(rng):
     assert not short.converged.all() and short.error_estimates[0] > 1e-14
 
 
-def test_lanczos_columns_run_in_lockstep_with_one_product_per_step(rng):
-    """k start vectors: each column equals its own single-vector run, every step is one matmat
-    of the still-running columns, and a zero column gives zeros."""
+def test_block_lanczos_shares_one_space_deflates_and_is_exact_when_invariant(rng):
+    """k start vectors share one block Krylov space: each column equals its own single-vector
+    run, every step is one matmat of at most k columns, fewer steps than the separate runs; a
+    zero or dependent column is deflated from the first block; an invariant space is exact."""
     w = np.geomspace(1e-3, 50.0, 300)
     Qm, _ = np.linalg.qr(rng.standard_normal((300, 300)))
     A = (Qm * w) @ Qm.T
     V = rng.standard_normal((300, 4))
     V[:, 2] = 0.0
-    V[:, 3] = Qm[:, :3] @ np.ones(3)  # an invariant subspace of dimension 3
+    V[:, 3] = V[:, 0] - 2.0 * V[:, 1]  # dependent: the first block has 2 directions
     fns = [lambda s: np.exp(-0.1 * s), lambda s: np.exp(-2.0 * s)]
     products = []
 
@@ -172,13 +173,23 @@ def test_lanczos_columns_run_in_lockstep_with_one_product_per_step(rng):
     assert res.values.shape == (2, 300, 4) and res.converged.shape == (2, 4)
     assert res.converged.all() and np.all(res.values[:, :, 2] == 0.0)
     exact = [Qm @ (np.exp(-t * w)[:, None] * (Qm.T @ V)) for t in (0.1, 2.0)]
+    separate = 0
     for i in range(2):
         assert rel(res.values[i], exact[i]) < 1e-9
         for j in (0, 1, 3):
             single = lanczos_functions(A, V[:, j], fns, tol=1e-11)
+            separate = max(separate, single.iterations)
             assert np.allclose(single.values[i], res.values[i, :, j], rtol=0, atol=1e-12)
-    assert len(products) == res.iterations and products[0] == 3 and products[-1] < 3
-    assert sum(products) < 3 * res.iterations  # the invariant column stopped after 3 steps
+    assert len(products) == res.iterations and set(products) == {2}
+    assert res.iterations < separate
+    # start vectors in a 3-dimensional invariant subspace (top eigenvectors): blocks 2, 1, exact
+    products.clear()
+    U = Qm[:, -3:] @ rng.standard_normal((3, 2))
+    inv = lanczos_functions(Counting(A), U, fns, tol=1e-14)
+    assert products == [2, 1] and inv.converged.all() and (inv.error_estimates == 0).all()
+    for i, t in enumerate((0.1, 2.0)):
+        want = Qm[:, -3:] @ (np.exp(-t * w[-3:])[:, None] * (Qm[:, -3:].T @ U))
+        assert rel(inv.values[i], want) < 1e-12
 
 
 def test_extreme_eigenvalues_match_eigh(jntk_3000):

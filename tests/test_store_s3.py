@@ -1,14 +1,10 @@
-"""Gram stores on an S3-compatible object store: a real moto server on 127.0.0.1, via s3fs.
+"""Gram stores on an S3-compatible object store: a real moto server on 127.0.0.1 (the ``s3``
+fixture of conftest.py), via s3fs.
 
 Optional extra ``jacntk[s3]`` (``s3fs``, ``moto[server]``); skipped when either is missing.
 """
 
 from __future__ import annotations
-
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,55 +13,6 @@ import jacntk
 from jacntk.store import GramStore, assemble
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs not installed (pip install 'jacntk[s3]')")
-moto_server = pytest.importorskip(
-    "moto.server", reason="moto[server] not installed (pip install 'jacntk[s3]')"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server in its own process on 127.0.0.1, with one bucket."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, "moto server exited"
-            assert time.monotonic() < deadline, "moto server did not start within 60 s"
-            time.sleep(0.1)
-        options = {
-            "endpoint_url": f"http://127.0.0.1:{port}",
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"region_name": "us-east-1"},
-        }
-        boto3 = pytest.importorskip("boto3")
-        boto3.client(
-            "s3",
-            endpoint_url=options["endpoint_url"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="jacntk-test")
-        yield options
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_assemble_query_resume_and_verify_on_s3(s3, client, rng):

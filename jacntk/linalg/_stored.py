@@ -15,7 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels._routing import route_fields, routed_diagonal_blocks
-from ._gram import GramOperator, _as_columns, symmetric_product, tile_product
+from ._gram import (
+    GramOperator,
+    _as_columns,
+    dense_symmetric_product,
+    symmetric_product,
+    tile_product,
+)
 from ._resident import ResidentTiles
 
 #: Dense copies of the matrix the direct route holds at once: the matrix kept in memory and the
@@ -259,7 +265,7 @@ class StoredGram(GramOperator):
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
         if self.dense:
-            return self.load() @ V
+            return dense_symmetric_product(self.load(), V)
         if self.cached:
             slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
             points = None if self.values_only else self.points

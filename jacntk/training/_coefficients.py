@@ -239,8 +239,8 @@ def solve_coefficients(
     rank=UNSET,
     callback=None,
 ) -> Coefficients:
-    """Dual coefficients for every time: Lanczos for finite times (one Krylov basis per target
-    column); for ``t = inf`` a direct solve (Cholesky, the pseudo-inverse by eigendecomposition
+    """Dual coefficients for every time: block Lanczos for finite times (one Krylov space
+    shared by the target columns and all times); for ``t = inf`` a direct solve (Cholesky, the pseudo-inverse by eigendecomposition
     where ``B`` is not numerically positive definite) when ``B`` is in memory -- a dense Gram,
     or a stored one that :class:`jacntk.linalg.StoredGram` holds dense because it fits -- else
     preconditioned CG on ``B`` (+ jitter): a scalar Gram with the default ``"block-jacobi"``
@@ -285,7 +285,7 @@ def solve_coefficients(
         fns = [
             psi_function(c, int(k[i])) if k is not None else phi_function(c, t[i]) for i in finite
         ]
-        # one Krylov basis per target column, all advanced by one product per step
+        # one block Krylov space for all target columns and times: one product per step
         start = time.perf_counter()
         res = lanczos_functions(B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False)
         seconds["lanczos"] = time.perf_counter() - start
