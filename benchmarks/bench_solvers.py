@@ -191,9 +191,9 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
     return (
         f"### Fashion-MNIST kernel regression from a stored scalar NTK\n\nN = {n} training, "
         f"{n_test} test images (d = 784), erf depth 3, float32 store (tile {tile}, "
-        f"{report.workers} embedded workers), jitter {jitter:g}, 10 one-hot outputs; Lanczos "
-        f"(tol 1e-6, block Lanczos, the 10 outputs in one Krylov space: one product per step) at 9 times c t = "
-        f"0.01 ... 100 and Nystrom-preconditioned CG (tol 1e-6) at t = inf.\n\n"
+        f"{report.workers} embedded workers), jitter {jitter:g}, 10 one-hot outputs; block "
+        f"Lanczos (tol 1e-6, the 10 outputs in one Krylov space: one product per step) at 9 "
+        f"times c t = 0.01 ... 100 and Nystrom-preconditioned CG (tol 1e-6) at t = inf.\n\n"
         + table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in stages.items()])
         + f"\n\n**Total {total:.0f} s = {total / 60:.1f} min** (goal 30 min: {goal}); peak RSS of "
         f"this process {peak_rss_mib():.0f} MiB (the float32 upper tiles held in memory), "
@@ -207,9 +207,9 @@ def bench_fashion_mnist(n: int, n_test: int, tile: int, jitter: float, rank: int
 def bench_jntk_structured(
     n: int, n_test: int, tile: int, cts, tol: float, target: int | None = None
 ) -> str:
-    """JNTK, lam > 0, matrix-free structured operator: block Lanczos (10 outputs in one Krylov space) at the
-    finite times ``c t`` in ``cts``; with ``target``, also one step (a 10-column product) of the
-    operator on ``target`` points, timed."""
+    """JNTK, lam > 0, matrix-free structured operator: block Lanczos (10 outputs in one Krylov
+    space) at the finite times ``c t`` in ``cts``; with ``target``, also one step (a 10-column
+    product) of the operator on ``target`` points, timed."""
     X, y, Xt, yt = standardised_fmnist(n, n_test)
     d = X.shape[1]
     system = training_system(

@@ -239,13 +239,13 @@ def solve_coefficients(
     rank=UNSET,
     callback=None,
 ) -> Coefficients:
-    """Dual coefficients for every time: block Lanczos for finite times (one Krylov space
-    shared by the target columns and all times); for ``t = inf`` a direct solve (Cholesky, the pseudo-inverse by eigendecomposition
-    where ``B`` is not numerically positive definite) when ``B`` is in memory -- a dense Gram,
-    or a stored one that :class:`jacntk.linalg.StoredGram` holds dense because it fits -- else
-    preconditioned CG on ``B`` (+ jitter): a scalar Gram with the default ``"block-jacobi"``
-    runs the Nystrom preconditioner instead (see ``_preconditioner``).  The route taken is
-    :attr:`SolveDiagnostics.route`.
+    """Dual coefficients for every time: block Lanczos for finite times (one Krylov space shared
+    by the target columns and all times); for ``t = inf`` a direct solve (Cholesky, the
+    pseudo-inverse by eigendecomposition where ``B`` is not numerically positive definite) when
+    ``B`` is in memory -- a dense Gram, or a stored one that :class:`jacntk.linalg.StoredGram`
+    holds dense because it fits -- else preconditioned CG on ``B`` (+ jitter): a scalar Gram
+    with the default ``"block-jacobi"`` runs the Nystrom preconditioner instead (see
+    ``_preconditioner``). The route taken is :attr:`SolveDiagnostics.route`.
 
     Parameters
     ----------
