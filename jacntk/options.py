@@ -32,6 +32,7 @@ DEFAULT_TILE = 1024
 OPERATORS = ("auto", "dense", "structured", "stored")
 #: Named preconditioners of :attr:`SolverOptions.preconditioner` (``"none"``: plain CG).
 PRECONDITIONERS = ("block-jacobi", "nystrom", "none")
+LANCZOS_BASES = ("auto", "memory", "two-pass")
 
 
 class _Unset(enum.Enum):
@@ -71,17 +72,24 @@ class SolverOptions:
     rank : int, default 100
         Sketch size (>= 1) of the ``"nystrom"`` preconditioner (at most ``N * block - 1`` is
         used).
+    lanczos_basis : {"auto", "memory", "two-pass"}, default "auto"
+        Where Lanczos keeps its basis (``jacntk.linalg.lanczos_functions``): ``"memory"`` (all
+        of it, full reorthogonalisation), ``"two-pass"`` (two blocks; the products run twice)
+        or ``"auto"``: ``"memory"`` while the largest basis (``maxiter`` steps of ``k``
+        vectors) fits the memory budget (``jacntk.linalg._stored.fits_in_memory``), else
+        ``"two-pass"``, so the client's memory stays O(N * block * k).
 
     Examples
     --------
     >>> SolverOptions(tol=1e-8, preconditioner="nystrom", rank=50)
-    SolverOptions(tol=1e-08, maxiter=None, preconditioner='nystrom', rank=50)
+    SolverOptions(tol=1e-08, maxiter=None, preconditioner='nystrom', rank=50, lanczos_basis='auto')
     """
 
     tol: float = 1e-10
     maxiter: int | None = None
     preconditioner: object = "block-jacobi"
     rank: int = 100
+    lanczos_basis: str = "auto"
 
     def __post_init__(self):
         tol = self.tol
@@ -106,6 +114,11 @@ class SolverOptions:
         if not is_integer(self.rank) or self.rank < 1:
             raise ValueError(f"SolverOptions.rank must be an integer >= 1, got {self.rank!r}")
         object.__setattr__(self, "rank", int(self.rank))
+        if self.lanczos_basis not in LANCZOS_BASES:
+            raise ValueError(
+                f"SolverOptions.lanczos_basis must be one of {', '.join(map(repr, LANCZOS_BASES))}"
+                f", got {self.lanczos_basis!r}"
+            )
 
 
 @dataclass(frozen=True)

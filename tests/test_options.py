@@ -123,7 +123,10 @@ def test_options_are_frozen_hashable_comparable_and_printable():
     assert a == b and hash(a) == hash(b) and len({a, b, SolverOptions()}) == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.tol = 1.0
-    assert repr(a) == "SolverOptions(tol=1e-08, maxiter=None, preconditioner='nystrom', rank=20)"
+    assert repr(a) == (
+        "SolverOptions(tol=1e-08, maxiter=None, preconditioner='nystrom', rank=20, "
+        "lanczos_basis='auto')"
+    )
     assert eval(repr(a), {"SolverOptions": SolverOptions}) == a
     o = OperatorOptions(operator="structured", tile=64, cache=True)
     assert o == OperatorOptions("structured", 64, True) and hash(o) in {hash(o)}
@@ -272,6 +275,7 @@ def test_solve_diagnostics_is_frozen_data_with_a_json_dict(data):
         "maxiter": None,
         "preconditioner": "block-jacobi",
         "rank": 100,
+        "lanczos_basis": "auto",
     }
     assert "cg_result" not in out
     # the former dict's read-only access still works

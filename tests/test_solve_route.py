@@ -114,6 +114,33 @@ def test_a_store_too_large_for_memory_runs_cg_with_nystrom(stores, monkeypatch):
     )
 
 
+def test_lanczos_keeps_two_blocks_when_its_basis_would_not_fit(stores, monkeypatch):
+    """``SolverOptions.lanczos_basis``: "auto" keeps the whole basis while it fits the memory
+    budget and runs the two-pass basis (client memory O(N k)) when it does not; both give the
+    same predictions, and the route says which ran."""
+    from jacntk.options import SolverOptions
+    from jacntk.training import _coefficients
+
+    root, X, _ = stores
+    Y = np.stack([np.sin(X[:, 0]), np.cos(X[:, 1])], axis=1)
+    store = GramStore.open(root / "k.zarr")
+    times = [10.0, 1000.0]
+    full = predict(None, store, Y, X[:5], times=times, gradients=False)
+    assert "finite times: Lanczos;" in full.diagnostics.route
+    two = predict(
+        None, store, Y, X[:5], times=times, gradients=False,
+        solver=SolverOptions(lanczos_basis="two-pass"),
+    )  # fmt: skip
+    assert "finite times: Lanczos (two-pass basis)" in two.diagnostics.route
+    assert "two passes" in two.diagnostics.lanczos[0]
+    assert rel(two.values, full.values) < 1e-8
+    monkeypatch.setattr(_coefficients, "fits_in_memory", lambda nbytes: False)
+    auto = predict(None, store, Y, X[:5], times=times, gradients=False)
+    assert "two-pass basis" in auto.diagnostics.route and rel(auto.values, full.values) < 1e-8
+    with pytest.raises(ValueError, match="lanczos_basis must be one of"):
+        SolverOptions(lanczos_basis="disk")
+
+
 def test_fitting_in_memory_is_one_rule_against_one_budget(stores):
     root, X, Xj = stores
     store = GramStore.open(root / "k.zarr")

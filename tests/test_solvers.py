@@ -192,6 +192,42 @@ def test_block_lanczos_shares_one_space_deflates_and_is_exact_when_invariant(rng
         assert rel(inv.values[i], want) < 1e-12
 
 
+def test_two_pass_lanczos_keeps_two_blocks_and_matches_the_full_basis(jntk_3000, rng):
+    """``basis="two-pass"``: the same functions to the tolerance as the full basis (and as the
+    eigendecomposition) on a JNTK system of 3000 unknowns, with only two blocks held and twice
+    the products; an invariant space stays exact."""
+    from jacntk.linalg._lanczos import _BlockLanczos, phi_function
+
+    arch, X, G = jntk_3000
+    B = ScaledGram(DenseGram(G, 10), 0.05, 1e-3)
+    Bd = B.to_dense()
+    w, U = eigh(Bd)
+    V = rng.standard_normal((3000, 3))
+    c = 1.0 / w[-1]
+    times = [1.0, 30.0, 1000.0]
+    fns = [phi_function(c, t) for t in times]
+    full = lanczos_functions(B, V, fns, tol=1e-10)
+    two = lanczos_functions(B, V, fns, tol=1e-10, basis="two-pass")
+    assert full.converged.all() and two.converged.all()
+    assert full.products == full.iterations and two.products == 2 * two.iterations - 1
+    for i in range(len(times)):
+        exact = U @ (fns[i](w)[:, None] * (U.T @ V))
+        assert rel(full.values[i], exact) < 1e-8 and rel(two.values[i], exact) < 1e-8
+        assert rel(two.values[i], full.values[i]) < 1e-8
+    # the window: never more than the block just multiplied and the new one
+    run = _BlockLanczos(V, 200, keep=False)
+    for _ in range(40):
+        run.advance(B.matmat(run.block))
+        assert run.Q.shape[0] <= 2 * V.shape[1] + 8 and run.size == 3 * (run.products + 1)
+    with pytest.raises(ValueError, match="basis must be"):
+        lanczos_functions(B, V, fns, basis="disk")
+    U3 = U[:, -3:] @ rng.standard_normal((3, 2))  # an invariant subspace of dimension 3
+    inv = lanczos_functions(B, U3, fns, tol=1e-14, basis="two-pass")
+    for i in range(len(times)):
+        want = U[:, -3:] @ (fns[i](w[-3:])[:, None] * (U[:, -3:].T @ U3))
+        assert rel(inv.values[i], want) < 1e-12
+
+
 def test_extreme_eigenvalues_match_eigh(jntk_3000):
     arch, X, G = jntk_3000
     B = ScaledGram(DenseGram(G[:500, :500], 10), 0.1, 1e-2)

@@ -85,6 +85,7 @@ class KrylovResult:
     iterations : int, steps taken (products with the operator, each of one block of at most
         ``k`` columns)
     ritz_min, ritz_max : float, extreme Ritz values of ``A`` at the end (over all columns)
+    products : int, products with ``A`` in all (``2 iterations - 1`` for ``basis="two-pass"``)
     """
 
     values: np.ndarray
@@ -93,10 +94,17 @@ class KrylovResult:
     iterations: int
     ritz_min: float
     ritz_max: float
+    products: int | None = None
 
     def summary(self) -> str:
         return (
-            f"Lanczos: {self.iterations} iterations, converged {int(self.converged.sum())}/"
+            f"Lanczos: {self.iterations} iterations"
+            + (
+                f" (two passes, {self.products} products)"
+                if self.products not in (None, self.iterations)
+                else ""
+            )
+            + f", converged {int(self.converged.sum())}/"
             f"{self.converged.size}, max error estimate {float(np.max(self.error_estimates)):.2e}"
             f", Ritz range [{self.ritz_min:.3e}, {self.ritz_max:.3e}]"
         )
@@ -119,42 +127,60 @@ class _BlockLanczos:
 
     DEFLATION = 1e-12
 
-    def __init__(self, V: np.ndarray, maxiter: int):
+    def __init__(self, V: np.ndarray, maxiter: int, keep: bool = True, ranks=None):
         n, k = V.shape
         self.capacity = min(n, (maxiter + 1) * k)
-        self.Q = np.empty((0, n))
+        self.keep, self.ranks = keep, [] if ranks is None else list(ranks)
+        self.Q = np.empty((0, n))  # rows offset, offset + 1, ... of the basis
         self.T = np.zeros((0, 0))
-        self.size, self.products, self.single, self.scale = 0, 0, True, 0.0
-        block, self.R0 = self._orthonormal(V, float(np.linalg.norm(V, axis=0).max(initial=0.0)))
+        self.size, self.offset, self.products, self.single, self.scale = 0, 0, 0, True, 0.0
+        self.sizes: list[int] = []
+        scale = float(np.linalg.norm(V, axis=0).max(initial=0.0))
+        block, self.R0 = self._orthonormal(V, scale, self._rank())
         self.current = slice(0, 0)
         self._append(block)
 
+    def _rank(self):
+        """The block size pass 1 found at this step (pass 2 repeats it), else None."""
+        return self.ranks[len(self.sizes)] if len(self.sizes) < len(self.ranks) else None
+
     @staticmethod
-    def _orthonormal(W: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    def _orthonormal(W: np.ndarray, scale: float, rank=None) -> tuple[np.ndarray, np.ndarray]:
         """``W = Qb^T R`` with ``Qb`` (r, n) orthonormal rows and ``r`` the numerical rank:
         ``W = Q_w R_w`` (Householder), ``R_w = U s V^T`` (SVD), ``Qb = (Q_w U_r)^T`` and
         ``R = s_r V_r^T`` for the singular values ``s > DEFLATION * scale``.  NumPy's LAPACK
         throughout: SciPy ships a second OpenBLAS, and alternating the two in this loop made
         both 2-3x slower (their idle threads spin against each other; measured here)."""
-        if scale == 0.0:
+        if scale == 0.0 or rank == 0:
             return np.empty((0, W.shape[0])), np.zeros((0, W.shape[1]))
         Qw, Rw = np.linalg.qr(W)
         U, sv, Vt = np.linalg.svd(Rw)
-        r = int((sv > _BlockLanczos.DEFLATION * scale).sum())
+        r = int((sv > _BlockLanczos.DEFLATION * scale).sum()) if rank is None else rank
         return (Qw @ U[:, :r]).T, sv[:r, None] * Vt[:r]
 
     def _append(self, block: np.ndarray) -> None:
         block = block[: self.capacity - self.size]  # the basis spans everything at capacity
         r = block.shape[0]
-        if self.size + r > self.Q.shape[0]:
-            grown = min(self.capacity, max(2 * self.Q.shape[0], self.size + r, 8))
-            Q, T = np.empty((grown, self.Q.shape[1])), np.zeros((grown, grown))
-            Q[: self.size] = self.Q[: self.size]
+        if not self.keep:  # two-pass: only the block just multiplied stays beside the new one
+            drop = self.current.start - self.offset
+            kept = self.size - self.current.start
+            self.Q[:kept] = self.Q[drop : drop + kept]
+            self.offset = self.current.start
+        rows = self.size - self.offset
+        if rows + r > self.Q.shape[0]:
+            grown = max(2 * self.Q.shape[0], rows + r, 8)
+            Q = np.empty((min(grown, self.capacity), self.Q.shape[1]))
+            Q[:rows] = self.Q[:rows]
+            self.Q = Q
+        if self.size + r > self.T.shape[0]:
+            grown = min(self.capacity, max(2 * self.T.shape[0], self.size + r, 8))
+            T = np.zeros((grown, grown))
             T[: self.size, : self.size] = self.T[: self.size, : self.size]
-            self.Q, self.T = Q, T
-        self.Q[self.size : self.size + r] = block
+            self.T = T
+        self.Q[rows : rows + r] = block
         self.current = slice(self.size, self.size + r)
         self.size += r
+        self.sizes.append(r)
         self.single &= r <= 1
 
     @property
@@ -164,7 +190,11 @@ class _BlockLanczos:
     @property
     def block(self) -> np.ndarray:
         """The columns to multiply next, (n, r): a Fortran-order view of the newest rows."""
-        return self.Q[self.current].T
+        return self.rows(self.current).T
+
+    def rows(self, sl: slice) -> np.ndarray:
+        """Basis rows ``sl`` (global indices; with ``keep=False`` only the last two blocks)."""
+        return self.Q[sl.start - self.offset : sl.stop - self.offset]
 
     @property
     def m(self) -> int:
@@ -179,14 +209,14 @@ class _BlockLanczos:
                 f"Lanczos produced NaN at step {self.products}: the operator returned "
                 "non-finite values"
             )
-        cur, Qs = self.current, self.Q[: self.size]
+        cur, Qs = self.current, self.Q[: self.size - self.offset]
         self.scale = max(self.scale, float(np.linalg.norm(W, axis=0).max(initial=0.0)))
         W = np.array(W, dtype=np.float64, order="F")
         for _ in range(2):
             H = Qs @ W
             W -= Qs.T @ H
-            self.T[: self.size, cur] += H
-        self._append(self._orthonormal(W, self.scale)[0])
+            self.T[self.offset : self.size, cur] += H
+        self._append(self._orthonormal(W, self.scale, self._rank())[0])
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Ritz values ``theta`` (ascending) and eigenvectors ``S`` of ``T[:m, :m]``."""
@@ -209,6 +239,7 @@ def lanczos_functions(
     check_every: int = 5,
     callback: Callable[[int, np.ndarray], None] | None = None,
     warn: bool = True,
+    basis: str = "memory",
 ) -> KrylovResult:
     """``f_j(A) V`` for every function ``f_j`` from one block Krylov space of the columns of
     ``V`` (symmetric ``A``).
@@ -234,18 +265,28 @@ def lanczos_functions(
     check_every : steps between error checks
     callback : ``callback(steps, error_estimates)`` at each check; the estimates have the
         shape of ``KrylovResult.error_estimates``
+    basis : {"memory", "two-pass"}
+        ``"memory"`` keeps the whole basis (``steps x k`` vectors of length n) and
+        reorthogonalises against all of it.  ``"two-pass"`` keeps two blocks: the first pass
+        runs the block recurrence orthogonalised against the previous block only and builds
+        ``T``; the second repeats the same products (the same block sizes) and sums
+        ``Q_m f(T_m) E R0`` block by block, so memory is O(n k) per function, independent of
+        the number of steps, at twice the products (and, without full reorthogonalisation,
+        somewhat more steps).
 
     Returns
     -------
     KrylovResult
     """
+    if basis not in ("memory", "two-pass"):
+        raise ValueError(f"basis must be 'memory' or 'two-pass', got {basis!r}")
     A, V, single = _operator_and_columns(A, v, "start vector")
     n = A.shape[0]
     nf, k = len(functions), V.shape[1]
     if nf == 0:
         raise ValueError("no functions requested")
     maxiter = min(n, 1000) if maxiter is None else min(int(maxiter), n)
-    run = _BlockLanczos(V, maxiter)
+    run = _BlockLanczos(V, maxiter, keep=basis == "memory")
     est = np.where(np.linalg.norm(V, axis=0) == 0.0, 0.0, np.inf)[None, :].repeat(nf, axis=0)
     coeffs: list = [np.zeros((0, k))] * nf
     checked: list = [None] * nf
@@ -276,12 +317,16 @@ def lanczos_functions(
             break
     if run.invariant:
         est[:] = 0.0
-    basis = run.Q[: max((c.shape[0] for c in coeffs), default=0)]
-    values = np.stack([basis[: c.shape[0]].T @ c for c in coeffs]) if nf else None
+    if basis == "memory":
+        rows = run.Q[: coeffs[0].shape[0]]
+        values = np.stack([rows.T @ c for c in coeffs])
+    else:
+        values = _second_pass(A, V, run, coeffs, maxiter)
     converged = est <= tol
     if single:
         values, converged, est = values[:, :, 0], converged[:, 0], est[:, 0]
-    result = KrylovResult(values, converged, est, run.products, *ritz)
+    products = run.products if basis == "memory" else 2 * run.products - 1
+    result = KrylovResult(values, converged, est, run.products, *ritz, products=products)
     if warn and not converged.all():
         warnings.warn(
             ConvergenceWarning(
@@ -291,6 +336,27 @@ def lanczos_functions(
             stacklevel=2,
         )
     return result
+
+
+def _second_pass(A, V: np.ndarray, first: _BlockLanczos, coeffs: list, maxiter: int):
+    """``sum_j Q_j^T c[rows of block j]`` for every function's coefficients ``c``: the
+    recurrence of ``first`` run again from ``V`` with its block sizes, each block used once it
+    is made (``first.products - 1`` products; the last block ``first`` multiplied made only
+    the rows beyond the coefficients)."""
+    m = coeffs[0].shape[0]
+    values = np.zeros((len(coeffs), V.shape[0], V.shape[1]))
+    run = _BlockLanczos(V, maxiter, keep=False, ranks=first.sizes)
+    while True:
+        cur = run.current
+        if cur.start >= m or run.invariant:
+            break
+        Qb = run.rows(cur)
+        for i, c in enumerate(coeffs):
+            values[i] += Qb.T @ c[cur]
+        if cur.stop >= m:
+            break
+        run.advance(A.matmat(run.block))
+    return values
 
 
 def _check_times(times, name="times") -> np.ndarray:

@@ -20,6 +20,7 @@ from ..linalg._lanczos import (
 from ..linalg._preconditioners import block_jacobi, nystrom
 from ..linalg._protocol import ConvergenceWarning
 from ..linalg._scaled import ScaledGram
+from ..linalg._stored import fits_in_memory
 from ..options import UNSET, SolverOptions, resolve_options
 from ._system import THREADED_CHOLESKY_LIMIT, TrainingSystem
 
@@ -194,6 +195,17 @@ def _check_schedule(times, steps, learning_rate: float):
     return t, None
 
 
+def _lanczos_basis(opts: SolverOptions, shape: tuple[int, int], maxiter) -> str:
+    """``opts.lanczos_basis`` with ``"auto"`` decided: ``"memory"`` while the largest basis,
+    ``min(maxiter or 1000, n)`` blocks of ``k`` float64 vectors of length ``n``, fits the
+    memory budget (:func:`jacntk.linalg._stored.fits_in_memory`), else ``"two-pass"``."""
+    if opts.lanczos_basis != "auto":
+        return opts.lanczos_basis
+    n, k = shape
+    steps = min(n, 1000 if maxiter is None else int(maxiter))
+    return "memory" if fits_in_memory(8.0 * n * k * steps) else "two-pass"
+
+
 def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     """``phi_inf(B) rhs = B^+ rhs`` for a dense ``B``: Cholesky when ``B`` is numerically
     positive definite, else the eigendecomposition with eigenvalues below
@@ -286,8 +298,11 @@ def solve_coefficients(
             psi_function(c, int(k[i])) if k is not None else phi_function(c, t[i]) for i in finite
         ]
         # one block Krylov space for all target columns and times: one product per step
+        basis = _lanczos_basis(opts, rs.shape, maxiter)
         start = time.perf_counter()
-        res = lanczos_functions(B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False)
+        res = lanczos_functions(
+            B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False, basis=basis
+        )
         seconds["lanczos"] = time.perf_counter() - start
         Z[finite] = res.values
         ritz_max = res.ritz_max
@@ -346,7 +361,7 @@ def solve_coefficients(
             )
         Z[inf] = res.x.reshape(rs.shape)
     if finite:
-        route.append("finite times: Lanczos")
+        route.append("finite times: Lanczos" + (" (two-pass basis)" if basis == "two-pass" else ""))
     Z *= system.sqrt_d[None, :, None]
     diag["route"] = "; ".join(route + [f"on {_where(system)}"])
     diagnostics = SolveDiagnostics(
