@@ -208,3 +208,81 @@ def test_workers_in_separate_network_namespaces_assemble_one_gram(hosts, process
 
 def _tail(logs) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.iterdir()))
+
+
+def _peak_mib(prefix_group: list[str]) -> float:
+    """``memory.max_usage_in_bytes`` of the cgroup a ``memory_cgroup`` prefix enters (MiB)."""
+    procs = prefix_group[2].split("> ", 1)[1].split(" &&", 1)[0]
+    with open(procs.replace("cgroup.procs", "memory.max_usage_in_bytes")) as f:
+        return int(f.read()) / 2**20
+
+
+def test_a_solve_on_memory_capped_hosts_keeps_the_gram_in_the_workers(
+    hosts, processes, memory_cgroup, tmp_path
+):
+    """Issue 12: a scheduler and two workers on separate "hosts", each worker capped (memory
+    cgroup and its own Dask memory limit) below the size of the stored Gram, and the client
+    (`jacntk solve --scheduler`) capped below it too: the solve holds the Gram in the workers,
+    completes, and equals the single-machine prediction to 1e-8."""
+    import numpy as np
+
+    import jacntk
+
+    n, tile, cap = 31_000, 2_000, 1700 * 2**20
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((n, 3)) / np.sqrt(3)
+    np.save(tmp_path / "y.npy", np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2])
+    np.save(tmp_path / "Xt.npy", X[:40] + 0.01)
+    store = tmp_path / "gram.zarr"
+    arch = jacntk.MLP(2, "erf")
+    report = jacntk.assemble(arch, X, store, tile=tile, dtype="float32", progress=False)
+    assert report.complete
+    stored = sum(f.stat().st_size for f in (store / "K").rglob("*") if f.is_file())
+    assert stored > cap, f"the stored Gram ({stored / 2**20:.0f} MiB) must exceed the caps"
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    address = f"tcp://{_address('sched')}:{PORT}"
+    processes(
+        [*_netns_exec(hosts["sched"]), sys.executable, "-m", "distributed.cli.dask_scheduler",
+         "--host", _address("sched"), "--port", str(PORT), "--no-dashboard",
+         "--dashboard-address", f"{_address('sched')}:0"],
+        logs / "scheduler.log",
+    )  # fmt: skip
+    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "DASK_CONFIG": str(REPO / "cluster" / "dask-config.yaml")}  # fmt: skip
+    groups = {}
+    for role in ("w1", "w2"):
+        groups[role] = memory_cgroup(cap)
+        processes(
+            [*groups[role], *_netns_exec(hosts[role]), sys.executable, "-m",
+             "distributed.cli.dask_worker", address, "--host", _address(role), "--nthreads",
+             "1", "--name", role, "--memory-limit", str(cap), "--no-dashboard",
+             "--dashboard-address", f"{_address(role)}:0", "--death-timeout", "60"],
+            logs / f"{role}.log",
+            env=env,
+        )  # fmt: skip
+    _wait_for_workers(hosts["client"], address, 2, timeout=90)
+
+    # nsenter joins only the client's network namespace: `ip netns exec` also mounts a fresh
+    # /sys, which hides the cgroup file system, so the capped client could not see its cap
+    client_group = memory_cgroup(cap)
+    enter = ("nsenter", f"--net=/run/netns/{hosts['client']}")
+    out = run_jacntk(
+        "solve", store, "--targets", tmp_path / "y.npy", "--test", tmp_path / "Xt.npy",
+        "--time", "30", "--out", tmp_path / "out.npz", "--scheduler", address, "--quiet",
+        prefix=(*client_group, *enter), timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert "resident in the memory of 2 workers" in out.stderr, out.stderr[-2000:]
+    peaks = {role: _peak_mib(g) for role, g in {**groups, "client": client_group}.items()}
+    assert all(p < cap / 2**20 for p in peaks.values()), peaks
+
+    ref = jacntk.predict(
+        None, jacntk.GramStore.open(store), np.load(tmp_path / "y.npy"),
+        np.load(tmp_path / "Xt.npy"), times=[30.0], gradients=False,
+    )  # fmt: skip
+    with np.load(tmp_path / "out.npz") as got:
+        values = got["values"]
+    err = np.linalg.norm(values - ref.values) / np.linalg.norm(ref.values)
+    assert err < 1e-8, (err, peaks)

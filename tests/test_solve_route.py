@@ -180,6 +180,25 @@ def solve(root, *args, env=None) -> tuple[subprocess.CompletedProcess, float]:
     return proc, time.perf_counter() - start
 
 
+def test_the_memory_budget_follows_the_process_caps(memory_cgroup):
+    """A process capped below the machine's memory budgets by its cap: ``prlimit --as``
+    (RLIMIT_AS) and a memory cgroup each bound ``available_memory_mib``."""
+    code = "from jacntk.linalg._stored import available_memory_mib as a; print(a())"
+    free = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout)  # fmt: skip
+    cap = 3 * 2**30
+    assert free > 2 * 2**10 + 1024, "needs a few GiB free"
+    limited = subprocess.run(
+        ["prlimit", f"--as={cap}", sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert limited.returncode == 0, limited.stderr
+    assert float(limited.stdout) < cap / 2**20 < free
+    group = memory_cgroup(400 * 2**20)
+    inside = subprocess.run([*group, sys.executable, "-c", code], capture_output=True, text=True)
+    assert inside.returncode == 0, inside.stderr
+    assert 0 < float(inside.stdout) < 400
+
+
 def test_a_3000_iteration_cg_solve_prints_a_bounded_bar_or_nothing(stores):
     import os
 

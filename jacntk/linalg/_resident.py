@@ -43,6 +43,13 @@ class _Part:
         return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
 
 
+_POLL_S = 2.0  # seconds between checks that the workers holding the parts are alive
+
+
+class _HolderLost(RuntimeError):
+    """A worker holding a part was lost during a product (the product runs again)."""
+
+
 def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
     """Read (every chunk checked) the upper tiles ``tiles`` of ``store`` into memory."""
     points = np.asarray(store.points) if store.jacobian and not values_only else None
@@ -168,11 +175,22 @@ class ResidentTiles:
                 # dies mid-product the lost parts are reloaded by the scheduler and the
                 # product is simply run again
                 fut = self.client.scatter(V, hash=False)
+                # each part's product runs where the part is held (a strict restriction: Dask's
+                # work stealing would otherwise move a part, hundreds of MiB, to an idle
+                # worker, measured here); a holder lost mid-product ends the wait below
+                holders = self.client.who_has(self.parts)
                 partials = [
-                    self.client.submit(_part_product, p, fut, pure=False) for p in self.parts
+                    self.client.submit(
+                        _part_product,
+                        p,
+                        fut,
+                        pure=False,
+                        workers=list(holders.get(p.key, ())) or None,
+                    )
+                    for p in self.parts
                 ]
                 total = self.client.submit(_total, *partials, pure=False)
-                return total.result()
+                return self._result(total, holders)
             except (ValueError, TypeError):
                 raise  # a bad input or a damaged tile: not a lost worker
             except Exception as exc:  # noqa: BLE001 - a lost worker or lost data: run again
@@ -185,6 +203,21 @@ class ResidentTiles:
         raise RuntimeError(
             f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
         ) from last
+
+    def _result(self, total, holders: dict):
+        """``total.result()``, checking every ``_POLL_S`` seconds that every part's holder is
+        still alive (a product pinned to a lost worker would wait for it forever): raises
+        ``_HolderLost`` so that :meth:`product` runs again on the reloaded parts."""
+        from distributed import wait
+
+        while True:
+            try:
+                wait([total], timeout=_POLL_S)
+                return total.result()
+            except TimeoutError:
+                alive = set(self.client.scheduler_info().get("workers", {}))
+                if any(h and not set(h) & alive for h in holders.values()):
+                    raise _HolderLost("a worker holding part of the Gram was lost") from None
 
     def diagonal(self) -> np.ndarray:
         """The stored diagonal pairs, gathered from the workers: fields (8, n), or the values

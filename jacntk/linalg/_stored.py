@@ -55,16 +55,72 @@ def memory_budget_mib() -> float:
 
 
 def available_memory_mib() -> float:
-    """Memory available to new allocations, in MiB (``MemAvailable`` of ``/proc/meminfo``,
-    which counts reclaimable page cache; 1024 where that cannot be read)."""
+    """Memory available to new allocations by this process, in MiB: the smallest of
+    ``MemAvailable`` (``/proc/meminfo``, which counts reclaimable page cache), the room left in
+    this process's memory cgroup (v1 ``memory.limit_in_bytes - memory.usage_in_bytes``, v2
+    ``memory.max - memory.current``) and the room left under its address-space limit
+    (``RLIMIT_AS``, e.g. ``prlimit --as``, minus ``VmSize``); 1024 where none can be read.  A
+    process capped below the machine's memory (a container, a Dask worker under a cgroup, a
+    client run with ``prlimit``) so budgets by its own cap, not the machine's."""
+    limits = [_meminfo_kib("/proc/meminfo", "MemAvailable:")]
+    limits.append(_cgroup_room())
+    limits.append(_address_space_room())
+    known = [x for x in limits if x is not None]
+    return min(known) / 2**20 if known else 1024.0
+
+
+def _meminfo_kib(path: str, key: str) -> float | None:
+    """Bytes of the ``key`` line (in kB) of a ``/proc`` status file, or None."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
         pass
-    return 1024.0
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_room() -> float | None:
+    """Bytes left in this process's memory cgroup (v1 or v2), or None without a limit."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.strip().split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _, controllers, path in (parts for parts in lines if len(parts) == 3):
+        if "memory" in controllers.split(","):  # v1
+            base = f"/sys/fs/cgroup/memory{path}"
+            limit, used = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        elif controllers == "":  # v2 (unified)
+            base = f"/sys/fs/cgroup{path}"
+            limit, used = "memory.max", "memory.current"
+        else:
+            continue
+        cap, usage = _read_int(f"{base}/{limit}"), _read_int(f"{base}/{used}")
+        if cap is not None and usage is not None and cap < 2**60:
+            return float(max(cap - usage, 0))
+    return None
+
+
+def _address_space_room() -> float | None:
+    """Bytes left under ``RLIMIT_AS``, or None when it is unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    size = _meminfo_kib("/proc/self/status", "VmSize:")
+    return None if size is None else float(max(soft - size, 0))
 
 
 def _stored_row_product(store, i: int, V: np.ndarray, values_only: bool) -> np.ndarray:
