@@ -150,17 +150,22 @@ def _wait_for_workers(client_ns: str, address: str, n: int, timeout: float) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_workers_in_separate_network_namespaces_assemble_one_gram(hosts, processes, tmp_path):
+def _start_scheduler(hosts, processes, tmp_path):
+    """``dask scheduler`` in the "sched" namespace; returns ``(log folder, its address)``."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    address = f"tcp://{_address('sched')}:{PORT}"
-    # Section (a) of cluster/README.md, one "machine" per namespace.
     processes(
         [*_netns_exec(hosts["sched"]), sys.executable, "-m", "distributed.cli.dask_scheduler",
          "--host", _address("sched"), "--port", str(PORT), "--no-dashboard",
          "--dashboard-address", f"{_address('sched')}:0"],
         logs / "scheduler.log",
     )  # fmt: skip
+    return logs, f"tcp://{_address('sched')}:{PORT}"
+
+
+def test_workers_in_separate_network_namespaces_assemble_one_gram(hosts, processes, tmp_path):
+    # Section (a) of cluster/README.md, one "machine" per namespace.
+    logs, address = _start_scheduler(hosts, processes, tmp_path)
     worker_env = {
         "NUMBA_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
@@ -240,15 +245,7 @@ def test_a_solve_on_memory_capped_hosts_keeps_the_gram_in_the_workers(
     stored = sum(f.stat().st_size for f in (store / "K").rglob("*") if f.is_file())
     assert stored > cap, f"the stored Gram ({stored / 2**20:.0f} MiB) must exceed the caps"
 
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    address = f"tcp://{_address('sched')}:{PORT}"
-    processes(
-        [*_netns_exec(hosts["sched"]), sys.executable, "-m", "distributed.cli.dask_scheduler",
-         "--host", _address("sched"), "--port", str(PORT), "--no-dashboard",
-         "--dashboard-address", f"{_address('sched')}:0"],
-        logs / "scheduler.log",
-    )  # fmt: skip
+    logs, address = _start_scheduler(hosts, processes, tmp_path)
     env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "DASK_CONFIG": str(REPO / "cluster" / "dask-config.yaml")}  # fmt: skip
     groups = {}
