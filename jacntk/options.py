@@ -75,9 +75,9 @@ class SolverOptions:
     lanczos_basis : {"auto", "memory", "two-pass"}, default "auto"
         Where Lanczos keeps its basis (``jacntk.linalg.lanczos_functions``): ``"memory"`` (all
         of it, full reorthogonalisation), ``"two-pass"`` (two blocks; the products run twice)
-        or ``"auto"``: ``"memory"`` while the largest basis (``maxiter`` steps of ``k``
-        vectors) fits the memory budget (``jacntk.linalg._stored.fits_in_memory``), else
-        ``"two-pass"``, so the client's memory stays O(N * block * k).
+        or ``"auto"``: the full basis for as many steps as fit the memory budget
+        (``jacntk.linalg._stored.memory_budget_mib``), and a run that needs more starts again
+        with ``"two-pass"``, so the client's memory stays O(N * block * k).
 
     Examples
     --------

@@ -115,9 +115,9 @@ def test_a_store_too_large_for_memory_runs_cg_with_nystrom(stores, monkeypatch):
 
 
 def test_lanczos_keeps_two_blocks_when_its_basis_would_not_fit(stores, monkeypatch):
-    """``SolverOptions.lanczos_basis``: "auto" keeps the whole basis while it fits the memory
-    budget and runs the two-pass basis (client memory O(N k)) when it does not; both give the
-    same predictions, and the route says which ran."""
+    """``SolverOptions.lanczos_basis``: "auto" keeps the whole basis for as many steps as fit
+    the memory budget and starts again with the two-pass basis (client memory O(N k)) when the
+    run needs more; both give the same predictions, and the route says which ran."""
     from jacntk.options import SolverOptions
     from jacntk.training import _coefficients
 
@@ -134,9 +134,13 @@ def test_lanczos_keeps_two_blocks_when_its_basis_would_not_fit(stores, monkeypat
     assert "finite times: Lanczos (two-pass basis)" in two.diagnostics.route
     assert "two passes" in two.diagnostics.lanczos[0]
     assert rel(two.values, full.values) < 1e-8
-    monkeypatch.setattr(_coefficients, "fits_in_memory", lambda nbytes: False)
-    auto = predict(None, store, Y, X[:5], times=times, gradients=False)
-    assert "two-pass basis" in auto.diagnostics.route and rel(auto.values, full.values) < 1e-8
+    steps = int(full.diagnostics.lanczos[0].split()[1])  # "Lanczos: S iterations, ..."
+    row = 8.0 * X.shape[0] * Y.shape[1] / 2**20  # MiB of one step of the basis
+    for fit, want in ((steps + 5, "finite times: Lanczos;"), (steps // 2, "two-pass basis")):
+        monkeypatch.setattr(_coefficients, "memory_budget_mib", lambda fit=fit: fit * row)
+        auto = predict(None, store, Y, X[:5], times=times, gradients=False)
+        assert want in auto.diagnostics.route, (fit, steps, auto.diagnostics.route)
+        assert rel(auto.values, full.values) < 1e-8
     with pytest.raises(ValueError, match="lanczos_basis must be one of"):
         SolverOptions(lanczos_basis="disk")
 

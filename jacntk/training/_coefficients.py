@@ -3,6 +3,7 @@ CG or Lanczos (docs/math.md §8.2)."""
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,7 @@ from ..linalg._lanczos import (
 from ..linalg._preconditioners import block_jacobi, nystrom
 from ..linalg._protocol import ConvergenceWarning
 from ..linalg._scaled import ScaledGram
-from ..linalg._stored import fits_in_memory
+from ..linalg._stored import memory_budget_mib
 from ..options import UNSET, SolverOptions, resolve_options
 from ._system import THREADED_CHOLESKY_LIMIT, TrainingSystem
 
@@ -195,15 +196,30 @@ def _check_schedule(times, steps, learning_rate: float):
     return t, None
 
 
-def _lanczos_basis(opts: SolverOptions, shape: tuple[int, int], maxiter) -> str:
-    """``opts.lanczos_basis`` with ``"auto"`` decided: ``"memory"`` while the largest basis,
-    ``min(maxiter or 1000, n)`` blocks of ``k`` float64 vectors of length ``n``, fits the
-    memory budget (:func:`jacntk.linalg._stored.fits_in_memory`), else ``"two-pass"``."""
-    if opts.lanczos_basis != "auto":
-        return opts.lanczos_basis
-    n, k = shape
+def _run_lanczos(B, rs: np.ndarray, fns, opts: SolverOptions, maxiter, callback):
+    """Lanczos on ``B`` from ``rs`` with the basis ``opts.lanczos_basis`` asks for; returns
+    ``(result, basis used)``.
+
+    ``"auto"``: the full basis for as many steps as fit the memory budget
+    (:func:`jacntk.linalg._stored.memory_budget_mib`, ``8 n k`` bytes per step); a run that has
+    not converged by then starts again with the two-pass basis (client memory O(n k)), so the
+    extra cost is at most the steps that fit, and only for runs longer than the budget.
+    """
+    n, k = rs.shape
     steps = min(n, 1000 if maxiter is None else int(maxiter))
-    return "memory" if fits_in_memory(8.0 * n * k * steps) else "two-pass"
+    run = functools.partial(
+        lanczos_functions, B, rs, fns, tol=opts.tol, callback=callback, warn=False
+    )
+    if opts.lanczos_basis != "auto":
+        return run(maxiter=maxiter, basis=opts.lanczos_basis), opts.lanczos_basis
+    fit = int(memory_budget_mib() * 2**20 // (8.0 * n * k))
+    if fit >= steps:
+        return run(maxiter=maxiter, basis="memory"), "memory"
+    if fit >= 1:
+        res = run(maxiter=fit, basis="memory")
+        if res.converged.all():
+            return res, "memory"
+    return run(maxiter=maxiter, basis="two-pass"), "two-pass"
 
 
 def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
@@ -298,11 +314,8 @@ def solve_coefficients(
             psi_function(c, int(k[i])) if k is not None else phi_function(c, t[i]) for i in finite
         ]
         # one block Krylov space for all target columns and times: one product per step
-        basis = _lanczos_basis(opts, rs.shape, maxiter)
         start = time.perf_counter()
-        res = lanczos_functions(
-            B, rs, fns, tol=tol, maxiter=maxiter, callback=callback, warn=False, basis=basis
-        )
+        res, basis = _run_lanczos(B, rs, fns, opts, maxiter, callback)
         seconds["lanczos"] = time.perf_counter() - start
         Z[finite] = res.values
         ritz_max = res.ritz_max
