@@ -297,15 +297,22 @@ def _hermite_pair_scalar(
     return t if kind != 0 else s
 
 
+@njit(cache=True)
+def _tile_tables(act, v1, v2, h, order, symmetric):
+    """The Hermite tables of both sides of a tile at one common order (``hermite_order``):
+    ``(c1, t1, g1, c2, t2)``, the second side shared with the first when ``symmetric``."""
+    K = hermite_order(act, v1, v2, h, order)
+    c1, t1, g1 = hermite_tables(act, v1, h, order, K)
+    if symmetric:
+        return c1, t1, g1, c1, t1
+    c2, t2, _ = hermite_tables(act, v2, h, order, K)
+    return c1, t1, g1, c2, t2
+
+
 @njit(cache=True, parallel=True)
 def _hermite_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, h, symmetric):
     """``scalar_tile`` of a smooth quadrature activation by the Hermite route."""
-    K = hermite_order(act, v1, v2, h, SCALAR)
-    c1, t1, g1 = hermite_tables(act, v1, h, SCALAR, K)
-    if symmetric:
-        c2, t2 = c1, t1
-    else:
-        c2, t2, _ = hermite_tables(act, v2, h, SCALAR, K)
+    c1, t1, g1, c2, t2 = _tile_tables(act, v1, v2, h, SCALAR, symmetric)
     n1, n2 = P.shape
     out = np.empty((_n_results(kind) * n1, n2))  # BOTH_NTK: NNGP rows over NTK rows
     n_rows = (n1 + 1) // 2 if symmetric else n1
@@ -360,12 +367,7 @@ def _hermite_fields_tile(
     """``fields_tile`` of a smooth quadrature activation by the Hermite route."""
     pk = _pass_kind(kind)  # one-pass codes: (16, n1, n2), the NNGP's fields first
     order = NTK_JETS if pk == 1 else JETS
-    K = hermite_order(act, v1, v2, h, order)
-    c1, t1, g1 = hermite_tables(act, v1, h, order, K)
-    if symmetric:
-        c2, t2 = c1, t1
-    else:
-        c2, t2, _ = hermite_tables(act, v2, h, order, K)
+    c1, t1, g1, c2, t2 = _tile_tables(act, v1, v2, h, order, symmetric)
     n1, n2 = P.shape
     out = np.empty((8 * _n_results(kind), n1, n2))
     n_rows = (n1 + 1) // 2 if symmetric else n1
