@@ -289,7 +289,6 @@ def lanczos_functions(
     run = _BlockLanczos(V, maxiter, keep=basis == "memory")
     est = np.where(np.linalg.norm(V, axis=0) == 0.0, 0.0, np.inf)[None, :].repeat(nf, axis=0)
     coeffs: list = [np.zeros((0, k))] * nf
-    checked: list = [None] * nf
     ritz = (0.0, 0.0)
     while not run.invariant:
         run.advance(A.matmat(run.block))
@@ -303,13 +302,13 @@ def lanczos_functions(
             norm = np.linalg.norm(c, axis=0)
             if run.invariant:
                 est[i] = 0.0
-            elif checked[i] is not None:
+            elif coeffs[i].shape[0]:  # not the first check
                 diff = c.copy()
-                diff[: checked[i].shape[0]] -= checked[i]
+                diff[: coeffs[i].shape[0]] -= coeffs[i]
                 est[i] = np.where(
                     norm > 0, np.linalg.norm(diff, axis=0) / np.maximum(norm, 1e-300), 0.0
                 )
-            checked[i] = coeffs[i] = c
+            coeffs[i] = c
         ritz = (float(theta.min()), float(theta.max()))
         if callback is not None:
             callback(steps, est[:, 0].copy() if single else est.copy())

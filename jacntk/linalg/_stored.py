@@ -90,8 +90,10 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def _cgroup_room() -> float | None:
-    """Bytes left in this process's memory cgroup (v1 or v2), or None without a limit."""
+def memory_cgroup() -> tuple[str, str, str] | None:
+    """This process's memory cgroup: ``(directory, limit file, usage file)`` (v1
+    ``memory.limit_in_bytes`` / ``memory.usage_in_bytes``, v2 ``memory.max`` /
+    ``memory.current``), or None where ``/proc/self/cgroup`` names none."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = [line.strip().split(":", 2) for line in f]
@@ -99,16 +101,21 @@ def _cgroup_room() -> float | None:
         return None
     for _, controllers, path in (parts for parts in lines if len(parts) == 3):
         if "memory" in controllers.split(","):  # v1
-            base = f"/sys/fs/cgroup/memory{path}"
-            limit, used = "memory.limit_in_bytes", "memory.usage_in_bytes"
-        elif controllers == "":  # v2 (unified)
-            base = f"/sys/fs/cgroup{path}"
-            limit, used = "memory.max", "memory.current"
-        else:
-            continue
-        cap, usage = _read_int(f"{base}/{limit}"), _read_int(f"{base}/{used}")
-        if cap is not None and usage is not None and cap < 2**60:
-            return float(max(cap - usage, 0))
+            return f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        if controllers == "":  # v2 (unified)
+            return f"/sys/fs/cgroup{path}", "memory.max", "memory.current"
+    return None
+
+
+def _cgroup_room() -> float | None:
+    """Bytes left in this process's memory cgroup (v1 or v2), or None without a limit."""
+    group = memory_cgroup()
+    if group is None:
+        return None
+    base, limit, used = group
+    cap, usage = _read_int(f"{base}/{limit}"), _read_int(f"{base}/{used}")
+    if cap is not None and usage is not None and cap < 2**60:
+        return float(max(cap - usage, 0))
     return None
 
 
