@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     from scipy.sparse.linalg import expm_multiply
 
     import jacntk
-    from jacntk.cli.demo import standardise
-    from jacntk.data import fashion_mnist, one_hot
+    from jacntk.data import fashion_mnist, one_hot, standardise
     from jacntk.linalg import DenseGram
     from jacntk.linalg._gram import dense_symmetric_product
     from jacntk.linalg._lanczos import exp_function, lanczos_functions, phi_function

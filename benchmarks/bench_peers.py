@@ -15,13 +15,15 @@ whose outputs are saved and compared; it also absorbs JIT compilation), and reco
 time of the rest, the peak resident memory of each worker (``ru_maxrss``, which includes the
 libraries' import footprint, reported separately) and the machine's load average.
 
-Rows (issue 7):
+Rows (issues 7 and 14):
 
-* ``scalar``: NNGP and NTK Grams, depth 3, erf and relu, N = 2,000 ... 20,000, d = 10 (Gaussian)
-  and 784 (Fashion-MNIST pixels / 255), float64 and float32.  neural-tangents computes both
-  kernels in one jitted ``kernel_fn(X, X, ("nngp", "ntk"))``; jacntk computes each with
-  ``jacntk.kernel`` (time of NTK alone and of both are reported).  In float32 jacntk still
-  computes in float64 (docs/math.md §1.6) and returns float32; JAX runs in float32.
+* ``scalar``: NNGP and NTK Grams, depth 3, erf, relu and gelu (exact; neural-tangents
+  ``stax.Gelu(approximate=False)``), N = 2,000 / 5,000 / 10,000 (20,000 with ``--sizes``),
+  d = 10 (Gaussian) and 784 (Fashion-MNIST pixels / 255), float64 and float32.  neural-tangents
+  computes both kernels in one jitted ``kernel_fn(X, X, ("nngp", "ntk"))``; jacntk is timed on
+  ``jacntk.kernel(kind="ntk")`` (NTK alone) and ``jacntk.kernel(kind=("nngp", "ntk"))`` (both in
+  one call, one pass over the layers).  float32 rows use jacntk's float32 compute path
+  (``precision="float32"``, docs/math.md §14) on float32 inputs; JAX runs with x64 off.
 * ``jacobian``: the Jacobian-augmented NTK (erf), N = 200 / 1,000 / 2,000, d = 10 and 100.
   jacntk: ``kernel_fields`` (the structured representation, enough for every product) and, where
   the dense matrix fits under the cap, ``augment``.  neural-tangents has no such kernel: the
@@ -41,9 +43,10 @@ Values: "max rel diff" is ``max |a - b| / max |b|`` over the compared entries (a
 ``--compare-rows`` evenly spaced rows of a large Gram, or the sampled Jacobian pairs).
 
 Results accumulate in ``benchmarks/peers/results.json`` (one record per row, so sizes can be run
-at different times) and are rendered into ``benchmarks/RESULTS.md`` (section ``peers``) and
-``benchmarks/peers_scaling.png`` after each run.  ``--quick --no-peer`` runs tiny jacntk-only
-rows and writes nothing unless ``--json`` is given (the smoke test uses it).
+at different times; each record carries its run's stamp: day, start time, git commit) and are
+rendered into ``benchmarks/RESULTS.md`` (section ``peers``) and ``benchmarks/peers_scaling.png``
+after each row, so a long run leaves its partial results.  ``--quick --no-peer`` runs tiny
+jacntk-only rows and writes nothing unless ``--json`` is given (the smoke test uses it).
 
 This file is the entry point; the code lives in the package ``benchmarks/peers/``: ``_harness``
 (workers, timing, medians, records), ``_tasks`` (the rows), ``_jacntk_worker`` (``--serve``),

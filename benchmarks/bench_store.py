@@ -82,11 +82,11 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def verified_bytes(fn: Callable[[], object]) -> int:
-    """Bytes of the chunks ``fn()`` reads through ``GramStore._read_chunks`` (= the bytes the
-    check hashes), counted in one untimed call."""
+    """Bytes of the chunks ``fn()`` reads (``GramStore._get_chunks``: every one of them is
+    checked, by its CRC-32C or by the product digest), counted in one untimed call."""
     from jacntk.store import GramStore
 
-    original = GramStore._read_chunks
+    original = GramStore._get_chunks
     count = [0]
 
     def counting(self, chunks):
@@ -94,11 +94,11 @@ def verified_bytes(fn: Callable[[], object]) -> int:
         count[0] += sum(int(x.nbytes) for x in got)
         return got
 
-    GramStore._read_chunks = counting
+    GramStore._get_chunks = counting
     try:
         fn()
     finally:
-        GramStore._read_chunks = original
+        GramStore._get_chunks = original
     return count[0]
 
 
@@ -109,25 +109,32 @@ def on_off(fn: Callable[[], object], repeats: int) -> dict:
     Returns medians ``on``/``off`` (wall s); the overhead as the median over repeats of the
     paired ratio ``(on_r - off_r) / off_r`` (the two runs of a repeat are adjacent in time, so
     they share the machine's load), the same for this process's CPU time (``cpu_overhead``);
-    ``share``, the median over the "on" runs of the time spent inside the check itself
-    (``GramStore._chunk_problems``: hashing and comparing) over the run's wall time, a direct
-    measure that needs no difference of two noisy times; and the spread of the wall times."""
+    ``share``, the median over the "on" runs of the time spent inside the checks made apart
+    from the product (``GramStore._chunk_problems``: CRC-32C and comparison;
+    ``GramStore._check_digest``: comparing a digest the product computed) over the run's wall
+    time, a direct measure that needs no difference of two noisy times (the digest hashed
+    inside the product kernel is measured by :func:`fused_cost`); and the spread of the wall
+    times."""
     from jacntk.store import GramStore
 
     wall = {True: [], False: []}
     cpu = {True: [], False: []}
     shares = []
-    original = GramStore._chunk_problems
+    originals = {name: getattr(GramStore, name) for name in ("_chunk_problems", "_check_digest")}
     inside = [0.0]
 
-    def timed_check(self, chunks, values):
-        t0 = time.perf_counter()
-        try:
-            return original(self, chunks, values)
-        finally:
-            inside[0] += time.perf_counter() - t0
+    def timed(original):
+        def check(self, *args):
+            t0 = time.perf_counter()
+            try:
+                return original(self, *args)
+            finally:
+                inside[0] += time.perf_counter() - t0
 
-    GramStore._chunk_problems = timed_check
+        return check
+
+    for name, original in originals.items():
+        setattr(GramStore, name, timed(original))
     try:
         fn()
         for r in range(repeats):
@@ -142,7 +149,8 @@ def on_off(fn: Callable[[], object], repeats: int) -> dict:
                     shares.append(inside[0] / wall[flag][-1])
     finally:
         GramStore._verify_reads = True
-        GramStore._chunk_problems = original
+        for name, original in originals.items():
+            setattr(GramStore, name, original)
 
     def paired(series):
         return statistics.median(
@@ -157,6 +165,45 @@ def on_off(fn: Callable[[], object], repeats: int) -> dict:
         "share": statistics.median(shares),
         "spread": _spread(wall),
     }
+
+
+def fused_cost(tile: int, repeats: int) -> tuple[list[list[str]], dict]:
+    """The product digest hashed inside the product kernel: one off-diagonal ``tile x tile``
+    product of an in-memory tile (no I/O) with the digest on and off, alternating; rows of
+    (dtype, k, off s, on s, median paired overhead), and ``{(dtype, k): seconds the digest
+    adds to one tile's product}``."""
+    import numba
+
+    from jacntk._digest import words
+    from jacntk.linalg._gram import _scalar_tile_pair
+
+    rng = np.random.default_rng(2)
+    threads = numba.get_num_threads()
+    out, extra = [], {}
+    for dtype in ("float32", "float64"):
+        T = rng.standard_normal((tile, tile)).astype(dtype)
+        for k in (1, 16):
+            Vt = rng.standard_normal((k, 2 * tile))
+            outt = np.zeros_like(Vt)
+            hs = np.zeros(threads, np.uint64)
+
+            def run(flag, T=T, Vt=Vt, outt=outt, hs=hs):
+                for _ in range(8):
+                    _scalar_tile_pair(T, words(T), Vt, outt, 0, tile, True, threads, hs, flag)
+
+            run(True), run(False)
+            times = {True: [], False: []}
+            for r in range(repeats * 3):
+                for flag in (True, False) if r % 2 == 0 else (False, True):
+                    times[flag].append(_timed(lambda f=flag: run(f)) / 8)
+            ratio = statistics.median(
+                (a - b) / b for a, b in zip(times[True], times[False], strict=True)
+            )
+            med = {f: statistics.median(t) for f, t in times.items()}
+            extra[dtype, k] = max(0.0, med[True] - med[False])
+            out.append([dtype, str(k), f"{med[False]:.5f}", f"{med[True]:.5f}",
+                        f"{100 * ratio:+.1f}%"])  # fmt: skip
+    return out, extra
 
 
 def _spread(times: dict) -> float:
@@ -228,6 +275,7 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     crc = crc_throughput()
+    fused_rows, extra = fused_cost(scalar_tile, repeats)
     rows, floor_rows, products = [], [], []
     threads = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=os.environ.get("TMPDIR")) as tmp:
@@ -278,8 +326,13 @@ def main(argv=None) -> int:
                         f"{100 * r['spread']:.0f}%",
                     ]
                 )
+                cost = r["share"]  # the checks apart from the product, measured directly
+                if not store.jacobian and ("@" in what or "matvec" in what):
+                    tiles = store.n_tiles * (store.n_tiles + 1) // 2
+                    cost += tiles * extra[store.dtype, 16 if "k=16" in what else 1] / r["on"]
+                rows[-1].insert(8, f"{100 * cost:.1f}%")
                 if "@" in what or "matvec" in what:
-                    products.append((r["overhead"], r["cpu_overhead"], r["share"]))
+                    products.append((r["overhead"], r["cpu_overhead"], r["share"], cost))
                 print(label, what, nbytes, r, flush=True)
     load_end = os.getloadavg()
     header = [
@@ -291,12 +344,14 @@ def main(argv=None) -> int:
         "overhead (wall)",
         "overhead (CPU)",
         "time in check",
+        "check cost",
         "CRC floor",
         "spread",
     ]
     wall_oh = [100 * p[0] for p in products]
     cpu_oh = [100 * p[1] for p in products]
     share = [100 * p[2] for p in products]
+    cost = [100 * p[3] for p in products]
     body = (
         f"Depth-3 erf MLP, Gaussian inputs (d = 10 scalar, d = {jac_d} Jacobian), stores on "
         f"local disk (uncompressed chunks, in the page cache), read in this process "
@@ -304,9 +359,18 @@ def main(argv=None) -> int:
         f"alternating (order swapped each repeat), 1 warm-up; times are medians. "
         f"overhead = median over repeats of the paired (on - off) / off, of wall time and of "
         f"this process's CPU time (CPU time is less inflated by other jobs on the machine); "
-        f"'time in check' = median share of an 'on' run's wall time spent inside the check "
-        f"itself (GramStore._chunk_problems: CRC-32C of the chunk and comparison with its "
-        f"manifest record), measured directly, so not a difference of two noisy times; "
+        f"How a read is checked: the streamed and cache-filling products of a scalar store "
+        f"(matvec, StoredGram) by the product digest, hashed inside the product kernel as it "
+        f"loads each row (jacntk._digest), everything else (block, row, Jacobian fields) by "
+        f"the chunk's keyed CRC-32C. "
+        f"'time in check' = median share of an 'on' run's wall time spent in the checks made "
+        f"apart from the product (GramStore._chunk_problems: CRC-32C and comparison; "
+        f"GramStore._check_digest: comparing the digest the product computed), measured "
+        f"directly; the hashing inside the kernel shows only in the overhead and in the "
+        f"fused-digest table below; 'check cost' = time in check plus, for the products of a "
+        f"scalar store, (upper tiles) x (seconds the digest adds to one tile's product, from "
+        f"that table) / time on: the whole cost of checking, from direct measurements that do "
+        f"not difference two noisy end-to-end times; "
         f"'MB verified' = chunk bytes hashed per call; "
         f"'CRC floor' = MB verified / CRC-32C throughput / time off (the overhead of hashing "
         f"alone); 'spread' = the larger (max - min) / median of the two series. Load average "
@@ -317,8 +381,15 @@ def main(argv=None) -> int:
         f"{statistics.median(wall_oh):+.1f}% (from {min(wall_oh):+.1f}% to "
         f"{max(wall_oh):+.1f}%), CPU overhead median {statistics.median(cpu_oh):+.1f}% (from "
         f"{min(cpu_oh):+.1f}% to {max(cpu_oh):+.1f}%), time in the check median "
-        f"{statistics.median(share):.1f}% (from {min(share):.1f}% to {max(share):.1f}%).\n\n"
+        f"{statistics.median(share):.1f}% (from {min(share):.1f}% to {max(share):.1f}%), "
+        f"check cost median {statistics.median(cost):.1f}% (from {min(cost):.1f}% to "
+        f"{max(cost):.1f}%).\n\n"
         + table(header, rows)
+        + f"\nThe product digest inside the product kernel (jacntk.linalg._gram."
+        f"_scalar_tile_pair): one off-diagonal {scalar_tile} x {scalar_tile} tile in memory, "
+        f"no I/O, digest on and off alternating ({3 * repeats} repeats of 8 products, "
+        f"medians).\n\n"
+        + table(["tile dtype", "k", "digest off s", "digest on s", "overhead"], fused_rows)
         + "\nThe floor: CRC-32C (google_crc32c, 8 MB buffer) against reading the store's chunk "
         "files from the page cache.\n\n"
         + table(

@@ -39,8 +39,7 @@ def jacntk_cli(cwd, *args, timeout: float = 180) -> subprocess.CompletedProcess:
     reason=f"needs Fashion-MNIST in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
 )
 def test_assemble_export_solve_accuracy_from_the_shell(tmp_path):
-    from jacntk.cli.demo import standardise
-    from jacntk.data import fashion_mnist
+    from jacntk.data import fashion_mnist, standardise
 
     jacntk_cli(tmp_path, "assemble", SPEC, "--out", "k.zarr", "--tile", TILE, "--workers", 1)
     jacntk_cli(tmp_path, "data", SPEC, "--out", "data", "--n-test", N_TEST)

@@ -18,6 +18,7 @@ from benchmarks.peers._harness import (
     machine_state,
     peer_versions,
     row_key,
+    run_stamp,
     save_record,
 )
 from benchmarks.peers._jacntk_worker import serve
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", nargs="+", choices=list(TASKS) + ["expm"], default=None)
     parser.add_argument("--sizes", nargs="+", type=int, help="override N for the chosen tasks")
     parser.add_argument("--dims", nargs="+", type=int, help="override d for the chosen tasks")
-    parser.add_argument("--acts", nargs="+", choices=("erf", "relu"))
+    parser.add_argument("--acts", nargs="+", choices=("erf", "relu", "gelu"))
     parser.add_argument("--dtypes", nargs="+", choices=("float64", "float32"))
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up")
     parser.add_argument("--dynamics-repeats", type=int, default=1)
@@ -84,7 +85,19 @@ def run_row(args, task: str, n: int, d: int, act: str, dtype: str) -> dict:
             rec = TASKS[task](args, Path(tmp), n, d, act, dtype)
     rec.update(machine_state())
     rec.setdefault("mem_limit_gib", args.mem_limit_gib)
+    rec["run"] = args.run
     return rec
+
+
+def publish(records: dict, versions: dict, args) -> None:
+    """Render ``records`` into the ``peers`` section of RESULTS.md and the PNG (or print the
+    section with ``--no-write``)."""
+    body = render(list(records.values()), versions, args)
+    if args.no_write:
+        print(body)
+        return
+    write_section("peers", body)
+    plot(list(records.values()), PLOT, args.mem_limit_gib)
 
 
 def main(argv=None) -> int:
@@ -111,8 +124,10 @@ def main(argv=None) -> int:
     records, versions, stored_reason = load_store(store)
     args.not_run = args.not_run_reason or (stored_reason if isinstance(stored_reason, str) else "")
     grid = QUICK if args.quick else FULL
+    args.run = run_stamp()
     if not args.render_only:
-        for task, n, d, act, dtype in planned_rows(grid, args):
+        rows = planned_rows(grid, args)
+        for k, (task, n, d, act, dtype) in enumerate(rows):
             rec = run_row(args, task, n, d, act, dtype)
             print(json.dumps(rec), flush=True)
             records[row_key(rec)] = rec
@@ -123,10 +138,7 @@ def main(argv=None) -> int:
                 versions["peer"] = peer_versions(args.peer_python)
             if args.json or not args.no_write:
                 records, versions = save_record(store, rec, versions)
-    body = render(list(records.values()), versions, args)
-    if args.no_write:
-        print(body)
-        return 0
-    write_section("peers", body)
-    plot(list(records.values()), PLOT, args.mem_limit_gib)
+            if not args.no_write and k < len(rows) - 1:  # partial results after each row
+                publish(records, versions, args)
+    publish(records, versions, args)
     return 0

@@ -1,5 +1,6 @@
-"""Issue 7's targets against the recorded rows, and where the Jacobian-kernel time goes: two
-Markdown parts of the ``peers`` section (``_render`` places them)."""
+"""Issue 14's scalar targets and issue 7's remaining targets against the recorded rows, and
+where the Jacobian-kernel time goes: two Markdown parts of the ``peers`` section (``_render``
+places them), plus the run labels of the records (``run_label``, ``runs_of``)."""
 
 from __future__ import annotations
 
@@ -45,56 +46,121 @@ def _agreement_goal(text: str, values: list[float], tol: float) -> str:
     )
 
 
-def _float32_note(scalar64: list[dict], a: str, d: int, r32: dict) -> str:
-    """Both libraries' float64 and float32 times of one (activation, d) at N = 10,000."""
-    f64 = {(r["act"], r["d"]): r for r in scalar64}
-    try:
-        t64, t32 = f64[a, d]["jacntk"]["seconds"]["ntk"], r32["jacntk"]["seconds"]["ntk"]
-        peer64 = f64[a, d]["peer"]["seconds"]["nngp+ntk"]
-        peer32 = r32["peer"]["seconds"]["nngp+ntk"]
-    except (KeyError, TypeError):
-        return ""
+#: the stamp of records written before runs were stamped (``_harness.run_stamp``)
+EARLIER_RUN = (
+    "2026-11-22 (issue 7 harness, before run stamps; benchmarks/peers/results.json as "
+    "committed in 9122799 and earlier)"
+)
+
+
+def run_label(rec: dict) -> str:
+    """``"<day> <start>, commit <hash>"`` of the run that measured ``rec`` (``EARLIER_RUN``
+    for unstamped records)."""
+    run = rec.get("run")
+    return f"{run['day']} {run['start']}, commit {run['commit']}" if run else EARLIER_RUN
+
+
+def runs_of(records: list[dict]) -> str:
+    """The runs the records come from, with their row counts: ``"A (36 rows); B (2 rows)"``."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[run_label(r)] = counts.get(run_label(r), 0) + 1
+    return "; ".join(f"{label} ({n} row{'s' * (n != 1)})" for label, n in counts.items())
+
+
+def _row_label(r: dict) -> str:
+    return f"{r['act']} d={r['d']}"
+
+
+def _float32_notes(rows64: list[dict], rows32: list[dict]) -> str:
+    """Both libraries' float64 and float32 one-call times of each (activation, d)."""
+    f64 = {(r["act"], r["d"]): r for r in rows64}
+    notes = []
+    for r32 in rows32:
+        try:
+            r64 = f64[r32["act"], r32["d"]]
+            j64, j32 = r64["jacntk"]["seconds"]["nngp+ntk"], r32["jacntk"]["seconds"]["nngp+ntk"]
+            p64, p32 = r64["peer"]["seconds"]["nngp+ntk"], r32["peer"]["seconds"]["nngp+ntk"]
+        except (KeyError, TypeError):
+            continue
+        notes.append(
+            f"{_row_label(r32)}: jacntk {j64:.2f} s -> {j32:.2f} s, "
+            f"neural-tangents {p64:.2f} s -> {p32:.2f} s"
+        )
+    return "; ".join(notes)
+
+
+def _seconds_goal(text: str, rows: list[dict], key: str, limit: float) -> str:
+    """``- text: verdict (label: 0.31 s, ...)`` on jacntk's absolute time ``key``."""
+    times = []
+    for r in rows:
+        value = r.get("jacntk", {}).get("seconds", {}).get(key)
+        if value is not None:
+            times.append((f"{_row_label(r)} {r['dtype']}", value))
+    listed = ", ".join(f"{name}: {v:.2f} s" for name, v in times)
     return (
-        f" (jacntk {t64:.2f} s in float64, {t32:.2f} s with the rounding to float32; "
-        f"neural-tangents {peer64:.2f} s in float64, {peer32:.2f} s in float32)"
+        f"- {text}: "
+        + _verdict([v for _, v in times], lambda v: v <= limit)
+        + (f" ({listed})" if times else "")
     )
 
 
 def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
-    """Issue 7's targets, each marked met / MISSED / not measured from the recorded rows."""
-    lines = ["### Goals (issue 7)", ""]
-    scalar = by_task.get("scalar", [])
+    """Issue 14's scalar targets (from the stamped scalar rows, each ratio from one row where
+    the two libraries ran alternately) and issue 7's remaining targets, each marked met /
+    MISSED / not measured."""
+    scalar = [r for r in by_task.get("scalar", []) if "run" in r]
     at_10k = {
         dtype: [r for r in scalar if r["N"] == 10000 and r["dtype"] == dtype]
         for dtype in ("float64", "float32")
     }
-    sp = _speedups(at_10k["float64"], "nngp+ntk", "ntk", lambda r: f"{r['act']} d={r['d']}")
+    lines = ["### Goals (issue 14, scalar kernels)", ""]
+    if scalar:
+        lines += [f"From the scalar rows of: {runs_of(scalar)}.", ""]
+    gelu = [r for r in at_10k["float64"] if r["act"] == "gelu"]
     lines.append(
         _speedup_goal(
-            "jacntk >= 4x faster than neural-tangents on the scalar NTK at N = 10,000 (float64)",
-            sp,
+            "GELU: jacntk NNGP + NTK (one call) >= 4x neural-tangents at N = 10,000 (float64)",
+            _speedups(gelu, "nngp+ntk", "nngp+ntk", _row_label),
             4,
         )
     )
-    sp32 = [(r, speedup(r, "nngp+ntk", "ntk")) for r in at_10k["float32"]]
-    sp32 = [(r, v) for r, v in sp32 if v is not None]
-    if sp32:
-        notes = (
-            f"{r['act']} d={r['d']}: {v:.1f}x"
-            + _float32_note(at_10k["float64"], r["act"], r["d"], r)
-            for r, v in sp32
+    for dtype, target in (("float64", 4), ("float32", 2)):
+        line = _speedup_goal(
+            f"NNGP + NTK together (jacntk one call) >= {target}x at N = 10,000 ({dtype})",
+            _speedups(at_10k[dtype], "nngp+ntk", "nngp+ntk", _row_label),
+            target,
         )
-        lines.append(
-            "- the same in float32: "
-            + _verdict([v for _, v in sp32], lambda v: v >= 4)
-            + ". Where the time goes: jacntk computes in float64 and rounds the result "
-            "(docs/math.md §1.6), so its float32 time is about its float64 time (plus a copy), "
-            "while JAX halves its arithmetic and memory traffic in float32: " + "; ".join(notes)
+        if dtype == "float32" and (notes := _float32_notes(at_10k["float64"], at_10k[dtype])):
+            line += (
+                ". float64 -> float32 times of the one call (jacntk's float32 path: float32 "
+                "GEMM and layer maps, diagonal and near-collinear ReLU pairs in float64; JAX "
+                "with x64 off): " + notes
+            )
+        lines.append(line)
+    erf_relu = [r for r in at_10k["float64"] if r["act"] in ("erf", "relu")]
+    lines.append(
+        _speedup_goal(
+            "erf / relu: jacntk NTK alone >= 6x neural-tangents (NNGP + NTK, its one call) at "
+            "N = 10,000 (float64)",
+            _speedups(erf_relu, "nngp+ntk", "ntk", _row_label),
+            6,
         )
-    jac = by_task.get("jacobian", [])
-    for route, key in (("structured fields", "fields"), ("dense matrix", "fields+dense")):
-        js = _speedups(jac, "extrapolated", key, lambda r: f"d={r['d']} N={r['N']}")
-        lines.append(_speedup_goal(f">= 20x on the Jacobian-augmented kernel, {route}", js, 20))
+    )
+    d10 = [r for r in at_10k["float64"] + at_10k["float32"] if r["d"] == 10]
+    lines.append(_seconds_goal("d = 10: jacntk scalar NTK <= 0.5 s at N = 10,000", d10, "ntk", 0.5))
+    gelu64 = [r for r in scalar if r["act"] == "gelu" and r["dtype"] == "float64"]
+    worst = [max(r["max_rel_diff"]["nngp"], r["max_rel_diff"]["ntk"])
+             for r in gelu64 if "max_rel_diff" in r]  # fmt: skip
+    lines.append(
+        _agreement_goal(
+            "GELU values agree with neural-tangents to <= 1e-12 relative (float64, NNGP and "
+            "NTK, all compared entries, every N and d)",
+            worst,
+            1e-12,
+        )
+    )
+    lines += ["", "### Goals (issue 7)", ""]
     for dtype, tol, text in (
         ("float64", 1e-10, "1e-10 in float64 (off the ReLU diagonal, see above)"),
         ("float32", 1e-5, "1e-5 in float32 (off the ReLU diagonal)"),
@@ -103,10 +169,17 @@ def render_goals(by_task: dict[str, list[dict]]) -> list[str]:
         worst = [max(r["max_rel_diff"]["nngp_offdiag"], r["max_rel_diff"]["ntk_offdiag"])
                  for r in rows]  # fmt: skip
         lines.append(_agreement_goal(f"scalar values agree to <= {text}", worst, tol))
+    jac = by_task.get("jacobian", [])
+    for route, key in (("structured fields", "fields"), ("dense matrix", "fields+dense")):
+        js = _speedups(jac, "extrapolated", key, lambda r: f"d={r['d']} N={r['N']}")
+        lines.append(_speedup_goal(f">= 20x on the Jacobian-augmented kernel, {route}", js, 20))
     blocks = [r["max_rel_diff"]["blocks"] for r in jac if "max_rel_diff" in r]
     lines.append(_agreement_goal("Jacobian blocks agree to <= 1e-10 (float64)", blocks, 1e-10))
     dyn = [r["max_rel_diff"]["values"] for r in by_task.get("dynamics", []) if "max_rel_diff" in r]
     lines.append(_agreement_goal("dynamics predictions agree to <= 1e-6", dyn, 1e-6))
+    others = jac + by_task.get("dynamics", [])
+    if others:
+        lines += ["", f"Jacobian and dynamics rows from: {runs_of(others)}."]
     return lines + [""]
 
 

@@ -203,6 +203,28 @@ def machine_state() -> dict:
     return {"load": list(os.getloadavg()), "date": time.strftime("%H:%M")}
 
 
+def run_stamp() -> dict:
+    """The stamp of one benchmark run, stored in each of its records: the day (UTC), the time
+    it started and the git commit of the working tree (``+local`` when ``jacntk/`` or
+    ``benchmarks/`` have uncommitted changes), so rows of different runs can be told apart."""
+    root = BENCHMARKS.parent
+
+    def git(*cmd: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *cmd], capture_output=True, text=True, cwd=root, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    if git("status", "--porcelain", "--", "jacntk", "benchmarks"):
+        commit += "+local"
+    return {"day": time.strftime("%Y-%m-%d", time.gmtime()), "start": time.strftime("%H:%M"),
+            "commit": commit}  # fmt: skip
+
+
 def new_record(task: str, **key) -> dict:
     """A row's record: its task, its key fields (act, d, N, dtype, ...) and ``machine_state``."""
     return {"task": task, **key, **machine_state()}

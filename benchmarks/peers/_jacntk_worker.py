@@ -35,25 +35,32 @@ def pair_blocks(fields: np.ndarray, X: np.ndarray, pairs: np.ndarray) -> np.ndar
 
 
 def serve_scalar(req: dict, cache: dict) -> dict:
-    """NNGP and NTK of ``X`` against itself, one ``jacntk.kernel`` call each."""
+    """NNGP and NTK of ``X`` (n, d) against itself with ``jacntk.kernel``: the NTK alone
+    (``kind="ntk"``, timing ``ntk``) and both kernels in one call (``kind=("nngp", "ntk")``, one
+    pass over the layers, timing ``nngp+ntk``), at the precision of ``X``'s dtype
+    (``precision="float32"`` for float32 inputs: jacntk's float32 compute path).  The outputs
+    saved (rows ``req["rows"]`` of each (n, n) Gram) are those of the one-call run."""
     from jacntk import kernel
 
     arch = _arch(req["arch"])
     X = cache.setdefault(("x", req["x"]), np.load(req["x"]))
-    dtype = X.dtype
-    seconds, out = {}, {}
-    for kind in ("nngp", "ntk"):
-        t0 = time.perf_counter()
-        K = kernel(arch, X, kind=kind).astype(dtype, copy=False)
-        seconds[kind] = time.perf_counter() - t0
-        if req.get("out"):
-            rows = slice(None) if req.get("rows") is None else np.load(req["rows"])
-            out[kind] = K[rows]
-        del K
-    seconds["nngp+ntk"] = seconds["nngp"] + seconds["ntk"]
-    for kind, value in out.items():
-        np.save(f"{req['out']}_{kind}.npy", value)
-    return {"seconds": seconds}
+    precision = str(X.dtype)
+    seconds = {}
+    t0 = time.perf_counter()
+    K = kernel(arch, X, kind="ntk", precision=precision)
+    seconds["ntk"] = time.perf_counter() - t0
+    del K
+    t0 = time.perf_counter()
+    both = kernel(arch, X, kind=("nngp", "ntk"), precision=precision)
+    seconds["nngp+ntk"] = time.perf_counter() - t0
+    if req.get("out"):
+        rows = slice(None) if req.get("rows") is None else np.load(req["rows"])
+        for kind, K in zip(("nngp", "ntk"), both, strict=True):
+            if K.dtype != X.dtype:
+                raise TypeError(f"jacntk returned {K.dtype} for precision={precision!r}")
+            np.save(f"{req['out']}_{kind}.npy", K[rows])
+    del both
+    return {"seconds": seconds, "both": "one call", "precision": precision}
 
 
 def serve_jacobian(req: dict, cache: dict) -> dict:

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+#: the series whose worker's peak memory is drawn (one per library and task)
+MEMORY_SERIES = {("jacntk", "ntk"), ("peer", "nngp+ntk"), ("jacntk", "fields"),
+                 ("peer", "extrapolated")}  # fmt: skip
+
 
 def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
-    """Time and peak memory against N for both libraries, one PNG: scalar NTK (erf, float64)
-    on the left, Jacobian-augmented NTK on the right.  A neural-tangents row that failed (out
-    of memory under the cap) is drawn as an x at the cap."""
+    """Time and peak memory against N for both libraries, one PNG: scalar NTK and NNGP + NTK
+    (erf, float64, rows of stamped runs) on the left, Jacobian-augmented NTK on the right.  A
+    neural-tangents row that failed (out of memory under the cap) is drawn as an x at the cap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +23,11 @@ def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     series = {
-        "scalar": [("jacntk", "ntk", "o-", "jacntk NTK"), ("peer", "nngp+ntk", "s--", "NT")],
+        "scalar": [
+            ("jacntk", "ntk", "o-", "jacntk NTK"),
+            ("jacntk", "nngp+ntk", "^:", "jacntk NNGP+NTK (one call)"),
+            ("peer", "nngp+ntk", "s--", "NT NNGP+NTK"),
+        ],
         "jacobian": [
             ("jacntk", "fields", "o-", "jacntk fields"),
             ("jacntk", "fields+dense", "^:", "jacntk fields+dense"),
@@ -29,6 +37,8 @@ def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
     for col, task in enumerate(("scalar", "jacobian")):
         recs = [r for r in records if r["task"] == task and r["dtype"] == "float64"]
         recs = [r for r in recs if r["act"] == "erf"]
+        if task == "scalar":  # the stamped rows only: earlier rows timed two calls for "both"
+            recs = [r for r in recs if "run" in r]
         for k, d in enumerate(sorted({r["d"] for r in recs})):
             rs = sorted((r for r in recs if r["d"] == d), key=lambda r: r["N"])
             color = colors[k % len(colors)]
@@ -38,7 +48,7 @@ def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
                 if pts:
                     axes[0, col].loglog(*np.transpose(pts), style, color=color,
                                         label=f"{name} d={d}")  # fmt: skip
-                if key in ("ntk", "fields", "nngp+ntk", "extrapolated"):
+                if (lib, key) in MEMORY_SERIES:
                     mem = [(n, x["peak_rss_mib"]) for n, x in res if "peak_rss_mib" in x]
                     if mem:
                         axes[1, col].loglog(*np.transpose(mem), style, color=color,
@@ -52,7 +62,7 @@ def plot(records: list[dict], path: Path, cap_gib: float | None = None) -> None:
                 ns = np.array([r["N"] for r in rs], dtype=float)
                 axes[1, col].loglog(ns, (ns * (d + 1)) ** 2 * 8 / 2**20, ":", color=color,
                                     alpha=0.5, label=f"dense matrix size d={d}")  # fmt: skip
-    axes[0, 0].set_title("Scalar NNGP+NTK Gram (erf, float64): time")
+    axes[0, 0].set_title("Scalar NTK / NNGP+NTK Grams (erf, float64): time")
     axes[1, 0].set_title("Scalar: peak RSS of each worker")
     axes[0, 1].set_title("Jacobian-augmented NTK (erf, float64): time")
     axes[1, 1].set_title("Jacobian: peak RSS (NT: sampled pairs only)")

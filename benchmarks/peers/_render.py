@@ -1,7 +1,8 @@
 """The Markdown body of the ``peers`` section of ``benchmarks/RESULTS.md``: one table per task
-(scalar, Jacobian, dynamics, expm), the notes on the rows (BLAS threads, ReLU diagonal, memory
-method, cold runs, failures, rows of the full grid not run), issue 7's goals (``_goals``) and the
-profiles."""
+(scalar, with the earlier runs' scalar rows apart; Jacobian, dynamics, expm), each saying which
+runs (day, commit) its rows come from, the notes on the rows (BLAS threads, ReLU diagonal,
+memory method, cold runs, failures, rows of the full grid not run), issue 14's and issue 7's
+goals (``_goals``) and the profiles."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import statistics
 
 import numpy as np
 
-from benchmarks.peers._goals import render_goals, render_jacobian_profile, speedup
+from benchmarks.peers._goals import (
+    render_goals,
+    render_jacobian_profile,
+    run_label,
+    runs_of,
+    speedup,
+)
 from benchmarks.peers._harness import MEM_LIMIT_GIB, row_key
 from benchmarks.peers._tasks import DEPTH, FULL, TIMES, planned_rows
 from benchmarks.results import table
@@ -89,8 +96,9 @@ def _errors(records: list[dict]) -> list[str]:
 
 
 def missing_rows(records: list[dict]) -> dict[str, list[str]]:
-    """Rows of the full grid (issue 7) absent from ``records``, by task."""
-    done = {row_key(r) for r in records}
+    """Rows of the full grid (issues 7 and 14) absent from ``records``, by task; a scalar row
+    counts only when measured by a stamped run (earlier scalar rows used the issue 7 API)."""
+    done = {row_key(r) for r in records if r["task"] != "scalar" or "run" in r}
     grid_args = argparse.Namespace(task=list(FULL), sizes=None, dims=None, acts=None, dtypes=None)
     missing: dict[str, list[str]] = {}
     for task, n, d, act, dtype in planned_rows(FULL, grid_args):
@@ -113,21 +121,28 @@ MEMORY_COLUMNS = [
     ("NT peak MiB", lambda r: _mem(r, "peer")),
 ]
 
-SCALAR_COLUMNS = [
-    ("act", lambda r: r["act"]),
-    ("d", lambda r: r["d"]),
-    ("dtype", lambda r: r["dtype"]),
-    ("N", lambda r: r["N"]),
-    ("jacntk NTK s", lambda r: _s(r, "jacntk", "ntk")),
-    ("jacntk NNGP+NTK s", lambda r: _s(r, "jacntk", "nngp+ntk")),
-    ("NT NNGP+NTK s", lambda r: _s(r, "peer", "nngp+ntk")),
-    ("ratio NTK", lambda r: _ratio(r, "nngp+ntk", "ntk")),
-    ("ratio both", lambda r: _ratio(r, "nngp+ntk", "nngp+ntk")),
-    *MEMORY_COLUMNS,
-    ("max rel diff NNGP", lambda r: _diff(r, "nngp")),
-    ("max rel diff NTK", lambda r: _diff(r, "ntk")),
-    ("load", _load),
-]
+
+def scalar_columns(both: str = "jacntk NNGP+NTK one call s") -> list[tuple]:
+    """The scalar table's columns; ``both`` heads jacntk's both-kernels time (one call in the
+    stamped rows, two calls in the earlier ones)."""
+    return [
+        ("act", lambda r: r["act"]),
+        ("d", lambda r: r["d"]),
+        ("dtype", lambda r: r["dtype"]),
+        ("N", lambda r: r["N"]),
+        ("jacntk NTK s", lambda r: _s(r, "jacntk", "ntk")),
+        (both, lambda r: _s(r, "jacntk", "nngp+ntk")),
+        ("NT NNGP+NTK s", lambda r: _s(r, "peer", "nngp+ntk")),
+        ("ratio NTK", lambda r: _ratio(r, "nngp+ntk", "ntk")),
+        ("ratio both", lambda r: _ratio(r, "nngp+ntk", "nngp+ntk")),
+        *MEMORY_COLUMNS,
+        ("max rel diff NNGP", lambda r: _diff(r, "nngp")),
+        ("max rel diff NTK", lambda r: _diff(r, "ntk")),
+        ("load", _load),
+    ]
+
+
+SCALAR_COLUMNS = scalar_columns()
 
 DYNAMICS_COLUMNS = [
     ("d", lambda r: r["d"]),
@@ -190,31 +205,56 @@ def render(records: list[dict], versions: dict, args) -> str:
         ),
         "",
     ]
-    loads = [r["load"][0] for r in records if "load" in r]
-    if loads:
+    by_run: dict[str, list[float]] = {}
+    for r in records:
+        if "load" in r:
+            by_run.setdefault(run_label(r), []).append(r["load"][0])
+    if by_run:
+        spans = "; ".join(
+            f"{label}: {min(v):.1f}–{max(v):.1f} (median {statistics.median(v):.1f})"
+            for label, v in by_run.items()
+        )
         lines += [
-            f"**Machine load.** 1-minute load average {min(loads):.1f}–{max(loads):.1f} on "
-            f"{os.cpu_count()} cores while these rows ran (median "
-            f"{statistics.median(loads):.1f}; other jobs were running). Absolute times are "
-            "inflated and noisy when the load exceeds the core count; the two libraries ran "
-            "alternately under the same load, so the ratios are the numbers to read.",
+            f"**Machine load.** 1-minute load average on {os.cpu_count()} cores while the rows "
+            f"ran, per run: {spans}. Other jobs were running. Absolute times are inflated and "
+            "noisy when the load exceeds the core count; the two libraries ran alternately "
+            "under the same load, so the ratios are the numbers to read.",
             "",
         ]
     by_task: dict[str, list[dict]] = {}
     for rec in records:
         by_task.setdefault(rec["task"], []).append(rec)
     order = lambda r: (r["d"], r["act"], r["dtype"], r["N"])  # noqa: E731
-    if "scalar" in by_task:
+    scalar = [r for r in by_task.get("scalar", []) if "run" in r]
+    earlier = [r for r in by_task.get("scalar", []) if "run" not in r]
+    if scalar:
         lines += [
             "### Scalar NNGP + NTK Grams (N x N)",
             "",
-            "neural-tangents computes NNGP and NTK in one call (its NTK alone costs the same); "
-            "jacntk computes them one after the other, so `ratio NTK` compares NT's call with "
-            "jacntk's NTK and `ratio both` with jacntk's NNGP + NTK. Values compared on "
-            f"{args.compare_rows} evenly spaced rows (all columns) when N is larger. In float32, "
-            "jacntk computes in float64 and returns float32; JAX computes in float32.",
+            f"Rows from: {runs_of(scalar)}. neural-tangents computes NNGP and NTK in one "
+            "jitted call (its NTK alone costs the same); jacntk is timed on the NTK alone (`kind="
+            '"ntk"`) and on both kernels in one call (`kind=("nngp", "ntk")`, one pass over the '
+            "layers, returning the tuple): `ratio NTK` = NT's call / jacntk's NTK, `ratio both` "
+            "= NT's call / jacntk's one call. Activations erf, relu and gelu (neural-tangents: "
+            "`stax.Gelu(approximate=False)`, the exact GELU, as jacntk's closed form). Values "
+            f"(of jacntk's one call) compared on {args.compare_rows} evenly spaced rows (all "
+            "columns) when N is larger. float32 rows: jacntk's float32 compute path "
+            '(`precision="float32"`: float32 GEMM and float32 layer maps, with the diagonal and '
+            "near-collinear ReLU pairs in float64, docs/math.md §14) on float32 inputs; JAX "
+            "computes in float32 (x64 off).",
             "",
-            _task_table(sorted(by_task["scalar"], key=order), SCALAR_COLUMNS),
+            _task_table(sorted(scalar, key=order), SCALAR_COLUMNS),
+        ]
+    if earlier:
+        lines += [
+            "### Scalar rows from earlier runs, not re-measured",
+            "",
+            f"Rows from: {runs_of(earlier)}. Measured with the issue 7 harness: jacntk's "
+            "both-kernels time there is two separate `jacntk.kernel` calls (NNGP, then NTK), "
+            "and its float32 rows were computed in float64 and rounded (no float32 path then). "
+            "Not comparable with the table above for `ratio both` or float32.",
+            "",
+            _task_table(sorted(earlier, key=order), scalar_columns("jacntk NNGP then NTK s")),
         ]
     blas1 = [r for r in records if r.get("jacntk_blas_threads")]
     if blas1:
@@ -228,7 +268,7 @@ def render(records: list[dict], versions: dict, args) -> str:
             "jacntk's `_inner_products`, so its worker died with code -11.",
             "",
         ]
-    diag = [r for r in by_task.get("scalar", []) if "relu_diag_err" in r]
+    diag = [r for r in scalar if "relu_diag_err" in r]
     if diag:
         lines += [
             "ReLU diagonal (x = x') against its exact value (`relu_diagonal`: E[relu(g)^2] = "
@@ -253,7 +293,7 @@ def render(records: list[dict], versions: dict, args) -> str:
             "(d+1) x (d+1) block of each pair by `jax.grad`/`jax.jacfwd` of `kernel_fn`, vmapped "
             "and jitted over chunks of 256 pairs, timed on the sampled pairs and extrapolated "
             "linearly to the N(N+1)/2 pairs of the symmetric Gram (`NT all pairs s`). Values "
-            "compared on the sampled blocks.",
+            f"compared on the sampled blocks. Rows from: {runs_of(by_task['jacobian'])}.",
             "",
             _task_table(sorted(by_task["jacobian"], key=order), _jacobian_columns(args)),
         ]
@@ -273,12 +313,14 @@ def render(records: list[dict], versions: dict, args) -> str:
             "Conventions coincide: neural-tangents' `gradient_descent_mse` evolves "
             "exp(-eta t K / N) for one output (it divides by `y_train.size`), jacntk "
             "exp(-c t Theta) with c = eta kappa^2 / N and kappa^2 Theta = K (docs/math.md §1.4): "
-            "same eta, same t. Both include computing the kernels.",
+            "same eta, same t. Both include computing the kernels. Rows from: "
+            f"{runs_of(by_task['dynamics'])}.",
             "",
             _task_table(sorted(by_task["dynamics"], key=order), DYNAMICS_COLUMNS),
         ]
     if "expm" in by_task:
         lines += ["### Matrix-exponential actions vs SciPy", ""]
+        lines += [f"Rows from: {runs_of(by_task['expm'])}.", ""]
         lines += render_expm(by_task["expm"], args)
     lines += render_goals(by_task)
     lines += render_jacobian_profile(by_task.get("jacobian", []))

@@ -1,7 +1,7 @@
 """The rows of the peer benchmark: which kernels, activations and sizes, their inputs, what each
 side is asked for, and how the outputs are compared.
 
-* ``scalar``: NNGP and NTK Grams (``run_scalar``), erf and relu, float64 and float32;
+* ``scalar``: NNGP and NTK Grams (``run_scalar``), erf, relu and gelu, float64 and float32;
 * ``jacobian``: the Jacobian-augmented NTK (``run_jacobian``), erf; neural-tangents by autodiff
   on a sample of pairs, extrapolated to the N(N+1)/2 pairs of the symmetric Gram;
 * ``dynamics``: test predictions at 10 training times (``run_dynamics``);
@@ -23,9 +23,12 @@ import numpy as np
 from benchmarks.peers._harness import WorkerError, alternate, new_record, row_workers
 
 DEPTH = 3
+#: the activations of the scalar rows (all three have closed-form kernels in jacntk)
+SCALAR_ACTS = ["erf", "relu", "gelu"]
 TIMES = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, float("inf")]
 FULL = {
-    "scalar": {"sizes": [2000, 5000, 10000, 20000], "dims": [10, 784]},
+    # N = 20,000 is left out of the default run (issue 14's time budget): ``--sizes 20000``
+    "scalar": {"sizes": [2000, 5000, 10000], "dims": [10, 784]},
     "jacobian": {"sizes": [200, 1000, 2000], "dims": [10, 100]},
     "dynamics": {"sizes": [2000, 10000, 20000], "dims": [784]},
     "expm": {"sizes": [2000, 5000], "dims": [784]},
@@ -231,7 +234,7 @@ def planned_rows(grid: dict, args) -> list[tuple]:
         g = grid[task]
         sizes = args.sizes or g["sizes"]
         dims = args.dims or g["dims"]
-        acts = args.acts or (["erf", "relu"] if task == "scalar" else ["erf"])
+        acts = args.acts or (SCALAR_ACTS if task == "scalar" else ["erf"])
         dtypes = args.dtypes or (["float64", "float32"] if task == "scalar" else ["float64"])
         for d in dims:
             for act in acts:

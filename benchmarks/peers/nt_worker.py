@@ -21,7 +21,8 @@ request) and ``peak_rss_mib`` (the peak resident memory of this process so far).
     Timings: ``kernel``, ``predict``, ``total``.
 
 The architecture is jacntk's ``MLP.to_dict()``: ``depth`` hidden layers
-``stax.Dense(width, W_std=sigma_w, b_std=sigma_b, parameterization="ntk")`` + activation, then
+``stax.Dense(width, W_std=sigma_w, b_std=sigma_b, parameterization="ntk")`` + activation
+(``stax.Erf()``, ``stax.Relu()`` or ``stax.Gelu(approximate=False)``, the exact GELU), then
 ``stax.Dense(1, ...)``; the kernels are multiplied by ``kappa**2`` (docs/math.md §1.1).
 
 Run as ``python nt_worker.py --dtype float64|float32``; ``float64`` enables ``jax_enable_x64``.
@@ -53,7 +54,8 @@ def build_kernel_fn(arch: dict):
     """The jitted ``kernel_fn`` of jacntk's MLP in neural-tangents' stax (docs/math.md §1.1)."""
     from neural_tangents import stax
 
-    acts = {"erf": stax.Erf, "relu": stax.Relu, "gelu": stax.Gelu}
+    # jacntk's "gelu" is the exact u * Phi(u): stax.Gelu(approximate=False), not the tanh form
+    acts = {"erf": stax.Erf, "relu": stax.Relu, "gelu": lambda: stax.Gelu(approximate=False)}
     if arch["activation"] not in acts:
         raise ValueError(f"activation {arch['activation']!r} has no neural-tangents counterpart")
     sw, sb = arch["sigma_w"], arch["sigma_b"]

@@ -60,11 +60,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Per-pixel standardisation scaled so that |x|^2 / d ~ 1/4 (moderate pre-activations)."""
-    return (X - mean) / (std + 1e-3) / 2.0
-
-
 def _cholesky_seconds(store, Y: np.ndarray) -> float:
     """Seconds of one SciPy Cholesky solve of the stored Gram (factorisation in place and the
     two triangular solves for ``Y``), the yardstick of the regression step: the Gram is read
@@ -112,7 +107,7 @@ def _regression_lines(diagnostics, seconds: float, cholesky: float) -> list[str]
 
 def run(args: argparse.Namespace) -> int:
     from jacntk import MLP, GramStore, assemble, kernel_fields, predict
-    from jacntk.data import fashion_mnist
+    from jacntk.data import fashion_mnist, standardise
 
     t_start = time.perf_counter()
     X_raw, y = fashion_mnist("train", args.n)

@@ -35,11 +35,15 @@ block-Jacobi preconditioner of :mod:`jacntk.linalg` inverts each block in O(d) (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import njit, prange
 from scipy.sparse.linalg import LinearOperator
 
+from .._digest import finish, row_hash, row_value, tile_digest, words
 from ..arch import MLP
 from ..kernels._blocks import projected_kernel, structured_matmul
 from ..kernels._compute import compute_tile
@@ -110,26 +114,33 @@ STREAMED_COLUMNS = 32
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _scalar_tile_pair(T, Vt, outt, i0, j0, mirror, nch):  # pragma: no cover - compiled
+def _scalar_tile_pair(T, U, Vt, outt, i0, j0, mirror, nch, hs, digest):  # pragma: no cover
     """``outt[:, i0:i0+ti] += (T Vt[:, j0:j0+tj]^T)^T`` and, if ``mirror``,
     ``outt[:, j0:j0+tj] += (T^T Vt[:, i0:i0+ti]^T)^T``, reading ``T`` (float32 or float64) once
     and accumulating in float64; rows of ``T`` in blocks of four per thread, the mirrored sums in
-    a private buffer for each of the ``nch`` threads."""
+    a private buffer for each of the ``nch`` threads.  If ``digest``, thread ``c`` also adds the
+    row hashes (:func:`jacntk._digest.row_hash` of ``U``, the words of ``T``) of its rows into
+    ``hs[c]``, the words of each row summed in the loop of its first product, as it loads
+    them (no second pass over the tile)."""
     ti, tj = T.shape
     k = Vt.shape[0]
     bufs = np.zeros((nch, k, tj if mirror else 0))
     nblk = (ti + 3) // 4
     for c in prange(nch):
         buf = bufs[c]
+        h = np.uint64(0)
         for b in range(c * nblk // nch, (c + 1) * nblk // nch):
             r = 4 * b
             if r + 4 <= ti:
                 T0, T1, T2, T3 = T[r], T[r + 1], T[r + 2], T[r + 3]
+                U0, U1, U2, U3 = U[r], U[r + 1], U[r + 2], U[r + 3]
                 for m in range(k):
                     vj = Vt[m, j0 : j0 + tj]
                     w0, w1 = Vt[m, i0 + r], Vt[m, i0 + r + 1]
                     w2, w3 = Vt[m, i0 + r + 2], Vt[m, i0 + r + 3]
                     a0 = a1 = a2 = a3 = 0.0
+                    hashing = digest and m == 0  # the words summed in the first pass
+                    s0 = s1 = s2 = s3 = np.uint64(0)
                     for q in range(tj):
                         t0, t1 = np.float64(T0[q]), np.float64(T1[q])
                         t2, t3 = np.float64(T2[q]), np.float64(T3[q])
@@ -140,10 +151,18 @@ def _scalar_tile_pair(T, Vt, outt, i0, j0, mirror, nch):  # pragma: no cover - c
                         a3 += t3 * v
                         if mirror:
                             buf[m, q] += t0 * w0 + t1 * w1 + t2 * w2 + t3 * w3
+                        if hashing:
+                            s0 += np.uint64(U0[q])
+                            s1 += np.uint64(U1[q])
+                            s2 += np.uint64(U2[q])
+                            s3 += np.uint64(U3[q])
                     outt[m, i0 + r] += a0
                     outt[m, i0 + r + 1] += a1
                     outt[m, i0 + r + 2] += a2
                     outt[m, i0 + r + 3] += a3
+                    if hashing:
+                        h += row_value(s0, r) + row_value(s1, r + 1)
+                        h += row_value(s2, r + 2) + row_value(s3, r + 3)
             else:
                 for a in range(r, ti):
                     Ta = T[a]
@@ -156,29 +175,50 @@ def _scalar_tile_pair(T, Vt, outt, i0, j0, mirror, nch):  # pragma: no cover - c
                             if mirror:
                                 buf[m, q] += t * w
                         outt[m, i0 + a] += acc
+                    if digest:
+                        h += row_hash(U[a], a)
+        hs[c] = h
     if mirror:
         for c in range(nch):
             outt[:, j0 : j0 + tj] += bufs[c]
 
 
+class CheckedTile(NamedTuple):
+    """A scalar tile read without its check, and the check: the product computes the tile's
+    product digest (:mod:`jacntk._digest`) as it reads the values and calls ``check(digest)``
+    (which raises if the tile is damaged) before its result is used."""
+
+    values: np.ndarray
+    key: int
+    check: Callable[[int], None]
+
+
 def _scalar_symmetric_product(tiles, slices, V: np.ndarray) -> np.ndarray:
-    if V.shape[1] > STREAMED_COLUMNS:  # compute-bound: BLAS on a float64 copy of each tile
-        out = np.zeros_like(V)
-        for i, j, data in tiles:
+    blas = V.shape[1] > STREAMED_COLUMNS  # compute-bound: BLAS on a float64 copy of each tile
+    Vt = None if blas else np.ascontiguousarray(V.T)
+    out = np.zeros_like(V) if blas else np.zeros_like(Vt)
+    threads = numba.get_num_threads()
+    hs = np.zeros(threads, np.uint64)
+    for i, j, data in tiles:
+        checked = data if isinstance(data, CheckedTile) else None
+        if checked is not None:
+            data = checked.values
+        if blas:
+            if checked is not None:
+                checked.check(tile_digest(data, checked.key))
             T = np.asarray(data, dtype=np.float64)
             out[slices[i]] += T @ V[slices[j]]
             if j != i:
                 out[slices[j]] += T.T @ V[slices[i]]
-        return out
-    Vt = np.ascontiguousarray(V.T)
-    outt = np.zeros_like(Vt)
-    threads = numba.get_num_threads()
-    for i, j, data in tiles:
+            continue
         T = np.ascontiguousarray(
             data if data.dtype in (np.float32, np.float64) else data.astype(np.float64)
         )
-        _scalar_tile_pair(T, Vt, outt, slices[i].start, slices[j].start, j != i, threads)
-    return np.ascontiguousarray(outt.T)
+        i0, j0 = slices[i].start, slices[j].start
+        _scalar_tile_pair(T, words(T), Vt, out, i0, j0, j != i, threads, hs, checked is not None)
+        if checked is not None:
+            checked.check(finish(int(hs.sum(dtype=np.uint64)), checked.key))
+    return out if blas else np.ascontiguousarray(out.T)
 
 
 def symmetric_product(

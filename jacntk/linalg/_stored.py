@@ -331,6 +331,12 @@ class StoredGram(GramOperator):
             return dense_symmetric_product(self.load(), V)
         if self.cached:
             slices = [self.store.tile_slice(i) for i in range(self.store.n_tiles)]
+            if self._cache is None and not self.store.jacobian:
+                # the first product fills the cache and checks each tile as it multiplies it
+                tiles = list(self.store.product_tiles())
+                out = symmetric_product(tiles, slices, None, 1, V)
+                self._cache = [(i, j, getattr(t, "values", t)) for i, j, t in tiles]
+                return out
             points = None if self.values_only else self.points
             return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
         if self.resident is not None:

@@ -15,13 +15,16 @@ attributes (``group.attrs["jacntk"]``).  For ``n`` points in ``d`` dimensions an
     manifest       (n_tiles, n_tiles, n_slots, 2) uint32, chunks (1, 1, n_slots, 2): for each
                    chunk that tile (I, J), I <= J, writes (``tile_chunks`` order: 1 slot for a
                    scalar store, 8 for a Jacobian one) its keyed CRC-32C and its byte count;
-                   all zeros = not done (docs/architecture.md §5.7)
+                   a scalar store's second slot holds the tile's 64-bit product digest
+                   (``jacntk._digest``) as two words; all zeros = not done
+                   (docs/architecture.md §5.7)
 
 Only tiles ``I <= J`` of the symmetric Gram are computed.  The task of tile (I, J) is the only
 writer of chunk (I, J) of every array, of chunk (J, I) of ``K_q`` and ``K_pq``, and of
 ``manifest[I, J]``, which it writes *after* its data; unwritten chunks read as NaN.  Every read
 of a chunk is checked against its record (``chunk_record``): a flipped byte, a chunk swapped with
-another, a deleted chunk or one left by another store's writer raises :class:`ChecksumError`.
+another, a deleted chunk or one left by another store's writer raises :class:`ChecksumError`
+(a streamed product of a scalar store checks the product digest instead, inside the product).
 A lower tile is read by mirroring the upper one.  Once every tile is recorded the group
 attributes say ``complete`` and the metadata is consolidated.
 
@@ -37,11 +40,12 @@ import uuid
 
 import numpy as np
 
+from .._digest import split, tile_digest
 from ..arch import MLP
 from ..kernels._fields import FIELD_NAMES
 
 FORMAT = "jacntk-gram"
-FORMAT_VERSION = 2  # 2: keyed CRC-32C per chunk (version 1: sha256 per field)
+FORMAT_VERSION = 3  # 3: + product digest of scalar tiles; 2: keyed CRC-32C per chunk; 1: sha256
 DTYPES = ("float64", "float32")
 #: Fields kept by a Jacobian store; K_r and K_pr are the transposes of K_q and K_pq.
 STORED_FIELDS = ("K", "K_p", "K_q", "K_pp", "K_pq", "K_qr")
@@ -72,7 +76,8 @@ def tile_chunks(i: int, j: int, jacobian: bool) -> list[tuple[str, int, int]]:
 
     A scalar store: ``K`` at ``(i, j)``.  A Jacobian store: the six ``STORED_FIELDS`` at
     ``(i, j)``, then (off the diagonal) ``K_q`` and ``K_pq`` at ``(j, i)``, which hold the
-    tile's ``K_r`` and ``K_pr`` transposed.  ``n_slots`` is 1 or 8.
+    tile's ``K_r`` and ``K_pr`` transposed.  ``n_slots`` is 2 (the chunk, then the product
+    digest of a scalar tile) or 8.
     """
     if not jacobian:
         return [("K", i, j)]
@@ -83,7 +88,19 @@ def tile_chunks(i: int, j: int, jacobian: bool) -> list[tuple[str, int, int]]:
 
 
 def n_slots(jacobian: bool) -> int:
-    return len(STORED_FIELDS) + len(FULL_FIELDS) if jacobian else 1
+    return len(STORED_FIELDS) + len(FULL_FIELDS) if jacobian else 2
+
+
+def chunk_key(store_uuid: str, name: str, ci: int, cj: int) -> int:
+    """The CRC-32C of ``"<store uuid>/<array>/<I>.<J>"``: what ties a record to its position."""
+    import google_crc32c
+
+    return int(google_crc32c.value(f"{store_uuid}/{name}/{ci}.{cj}".encode()))
+
+
+def digest_record(store_uuid: str, ci: int, cj: int, values: np.ndarray) -> tuple:
+    """Manifest record of a scalar tile's product digest (``jacntk._digest``): ``(low, high)``."""
+    return split(tile_digest(values, chunk_key(store_uuid, "K", ci, cj)))
 
 
 def chunk_record(store_uuid: str, name: str, ci: int, cj: int, values: np.ndarray) -> tuple:
@@ -100,7 +117,7 @@ def chunk_record(store_uuid: str, name: str, ci: int, cj: int, values: np.ndarra
     """
     import google_crc32c
 
-    crc = google_crc32c.value(f"{store_uuid}/{name}/{ci}.{cj}".encode())
+    crc = chunk_key(store_uuid, name, ci, cj)
     data = np.ascontiguousarray(values).view()
     data.setflags(write=False)  # google_crc32c reads read-only buffers (no copy)
     crc = google_crc32c.extend(crc, data)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._digest import split, tile_digest
 from ..arch import MLP
 from ..kernels._compute import compute_tile
 from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
@@ -18,6 +19,7 @@ from ._format import (
     STORED_FIELDS,
     ChecksumError,
     _indices,
+    chunk_key,
     chunk_record,
     done_tiles,
     fingerprint,
@@ -195,16 +197,38 @@ class GramStore:
         uuid = self.meta["uuid"]
         problems = []
         for (name, ci, cj), x in zip(chunks, values, strict=True):
-            got = chunk_record(uuid, name, ci, cj, x)
             i, j, slot = self._owner(name, ci, cj)
-            if got == tuple(int(r) for r in self.records[i, j, slot]):
-                continue
-            self.records[i, j] = np.asarray(self._array("manifest")[i, j], np.uint32)
-            if got != tuple(int(r) for r in self.records[i, j, slot]):
-                missing = bool(np.all(np.isnan(x))) if x.dtype.kind == "f" else False
-                what = "is missing (reads as fill values)" if missing else "fails its checksum"
-                problems.append(f"chunk {name}[{ci}, {cj}] {what}")
+            if not self._matches(i, j, slot, chunk_record(uuid, name, ci, cj, x)):
+                problems.append(f"chunk {name}[{ci}, {cj}] {self._what(x, 'checksum')}")
         return problems
+
+    def _matches(self, i: int, j: int, slot: int, got: tuple) -> bool:
+        """Record ``got`` equals manifest slot ``slot`` of tile ``(i, j)`` (re-read once)."""
+        if got == tuple(int(r) for r in self.records[i, j, slot]):
+            return True
+        self.records[i, j] = np.asarray(self._array("manifest")[i, j], np.uint32)
+        return got == tuple(int(r) for r in self.records[i, j, slot])
+
+    @staticmethod
+    def _what(x: np.ndarray, check: str) -> str:
+        missing = x.dtype.kind == "f" and bool(np.all(np.isnan(x)))
+        return "is missing (reads as fill values)" if missing else f"fails its {check}"
+
+    def _damaged(self, i: int, j: int, problems: list[str]) -> ChecksumError:
+        url = self.location.url
+        return ChecksumError(
+            f"{url}: tile ({i}, {j}) is damaged: {'; '.join(problems)} (a damaged, "
+            "swapped or deleted chunk, or one written by another store's writer). "
+            f"Run `jacntk verify {url}` to list every damaged tile, then re-run the "
+            "assembly with the store's settings (jacntk assemble / jacntk.assemble), "
+            "which recomputes exactly the damaged tiles"
+        )
+
+    def _get_chunks(self, chunks) -> list[np.ndarray]:
+        sl = self.tile_slice
+        return run_concurrently(
+            [self._array(name).async_array.getitem((sl(ci), sl(cj))) for name, ci, cj in chunks]
+        )
 
     def _read_chunks(self, chunks) -> list[np.ndarray]:
         """Read chunks ``(array, ci, cj)`` together, each checked against its record.
@@ -214,36 +238,57 @@ class GramStore:
         ChecksumError
             A chunk is damaged, swapped, deleted or was written by another store's writer.
         """
-        sl = self.tile_slice
-        got = run_concurrently(
-            [self._array(name).async_array.getitem((sl(ci), sl(cj))) for name, ci, cj in chunks]
-        )
+        got = self._get_chunks(chunks)
         if self._verify_reads:
             problems = self._chunk_problems(chunks, got)
             if problems:
-                i, j, _ = self._owner(*chunks[0])
-                url = self.location.url
-                raise ChecksumError(
-                    f"{url}: tile ({i}, {j}) is damaged: {'; '.join(problems)} (a damaged, "
-                    "swapped or deleted chunk, or one written by another store's writer). "
-                    f"Run `jacntk verify {url}` to list every damaged tile, then re-run the "
-                    "assembly with the store's settings (jacntk assemble / jacntk.assemble), "
-                    "which recomputes exactly the damaged tiles"
-                )
+                raise self._damaged(*self._owner(*chunks[0])[:2], problems)
         return got
+
+    def _digest_problems(self, i: int, j: int, digest: int, x: np.ndarray) -> list[str]:
+        """``[]`` if ``digest`` is the product digest recorded for scalar tile ``(i, j)``."""
+        if self._matches(i, j, 1, split(digest)):
+            return []
+        return [f"chunk K[{i}, {j}] {self._what(x, 'product digest')}"]
+
+    def product_tiles(self):
+        """Upper tiles ``(i, j, data)`` for :func:`jacntk.linalg._gram.symmetric_product`.
+
+        A scalar store yields each tile unchecked, as a ``CheckedTile`` whose product digest
+        the product computes while it multiplies (no second pass over the bytes) and checks
+        before its result is used; a Jacobian store yields CRC-checked float64 fields.
+        """
+        from ..linalg._gram import CheckedTile
+
+        for i, j in upper_tiles(self.n_tiles):
+            if self.jacobian:
+                yield i, j, self.upper_tile(i, j).astype(np.float64)
+            elif not self._verify_reads:
+                yield i, j, self._get_chunks([("K", i, j)])[0]
+            else:
+                [x] = self._get_chunks([("K", i, j)])
+                key = chunk_key(self.meta["uuid"], "K", i, j)
+                yield i, j, CheckedTile(x, key, functools.partial(self._check_digest, i, j, x))
+
+    def _check_digest(self, i: int, j: int, x: np.ndarray, digest: int) -> None:
+        problems = self._digest_problems(i, j, digest, x)
+        if problems:
+            raise self._damaged(i, j, problems)
 
     def tile_problems(self, i: int, j: int) -> list[str]:
         """Upper tile ``i <= j``: the chunks that do not match their records (``[]`` if none;
-        a chunk that cannot be read at all is reported as such)."""
+        a chunk that cannot be read at all is reported as such); a scalar tile is checked
+        against both its CRC-32C and its product digest."""
         chunks = tile_chunks(i, j, self.jacobian)
-        sl = self.tile_slice
         try:
-            got = run_concurrently(
-                [self._array(n).async_array.getitem((sl(a), sl(b))) for n, a, b in chunks]
-            )
+            got = self._get_chunks(chunks)
         except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
             return [f"unreadable chunk: {exc}"]
-        return self._chunk_problems(chunks, got)
+        problems = self._chunk_problems(chunks, got)
+        if not self.jacobian and not problems:
+            key = chunk_key(self.meta["uuid"], "K", i, j)
+            problems = self._digest_problems(i, j, tile_digest(got[0], key), got[0])
+        return problems
 
     def upper_tile(self, i: int, j: int) -> np.ndarray:
         """Upper tile ``i <= j`` in the stored dtype (float32 stays float32): ``(ti, tj)`` or
@@ -361,13 +406,9 @@ class GramStore:
 
         V = v.reshape(v.shape[0], -1)
         jac = self.jacobian
-        tiles = (
-            (i, j, self.upper_tile(i, j).astype(np.float64) if jac else self.upper_tile(i, j))
-            for i, j in upper_tiles(self.n_tiles)
-        )
         slices = [self.tile_slice(i) for i in range(self.n_tiles)]
         y = symmetric_product(
-            tiles,
+            self.product_tiles(),
             slices,
             self.points if jac else None,
             self.d + 1 if jac else 1,

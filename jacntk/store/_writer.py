@@ -8,6 +8,7 @@ from ..kernels._fields import FIELD_NAMES
 from ._format import (
     STORED_FIELDS,
     chunk_record,
+    digest_record,
     fault_point,
     n_slots,
     run_concurrently,
@@ -100,7 +101,8 @@ def write_inputs(group, X: np.ndarray) -> None:
 def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values, meta) -> int:
     """Write tile ``(i, j)``, ``i <= j`` (float64 ``(ti, tj)`` or ``(8, ti, tj)``) into the
     chunks it owns (``tile_chunks``), then its manifest record (a keyed CRC-32C per chunk,
-    ``chunk_record``).  Returns the bytes written (uncompressed)."""
+    ``chunk_record``, and a scalar tile's product digest, ``digest_record``).  Returns the
+    bytes written (uncompressed)."""
     arrays = writable_arrays(location, store_uuid)
     tile, n = meta["tile"], meta["n"]
     v = np.array(values, dtype=meta["dtype"])
@@ -121,6 +123,8 @@ def write_tile(location: StoreLocation, store_uuid: str, i: int, j: int, values,
     run_concurrently([arrays[name].async_array.setitem(sel, x) for name, sel, x, _ in writes])
     record = np.zeros((n_slots(v.ndim == 3), 2), np.uint32)
     record[: len(writes)] = [r for *_, r in writes]
+    if v.ndim == 2:  # a scalar tile: its product digest in the second slot
+        record[1] = digest_record(store_uuid, i, j, writes[0][2])
     arrays["manifest"][i, j] = record  # last: the tile is done
     return int(v.nbytes)
 
