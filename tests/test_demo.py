@@ -66,6 +66,15 @@ def test_demo_assembles_queries_and_trains_then_reuses_its_store(tmp_path):
         assert "regression step in all" in stages["test predictions"]
         assert "route: t = inf: direct (cholesky); finite times: Lanczos" in run.stdout
 
+    # another network on the same store: refused by name, replaced with --overwrite
+    deeper = [*args[:-4], "--times", "inf", "--depth", "2"]
+    refused = demo(*deeper)
+    assert refused.returncode != 0
+    assert "made for other settings: arch" in refused.stderr and "--overwrite" in refused.stderr
+    replaced = demo(*deeper, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert "0 already stored" in replaced.stdout
+
 
 def test_demo_on_an_s3_store_with_storage_options(tmp_path, s3, s3_flags):
     """``demo --store s3://... --storage-option ...``: assembled into, and reused from, an

@@ -122,3 +122,82 @@ def test_a_damaged_digest_record_is_found_and_repaired(store, tmp_path):
     report = assemble(jacntk.MLP(2, "erf"), X, damaged, tile=20, dtype="float32")
     assert (report.repaired, report.computed) == (1, 1)
     np.testing.assert_array_equal(GramStore.open(damaged).block(), GramStore.open(path).block())
+
+
+def _as_format_2(path) -> None:
+    """Rewrite a store as the previous jacntk wrote it: format 2, one manifest slot (the
+    keyed CRC-32C; no product digests)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    records = np.asarray(group["manifest"][...])
+    old = group["manifest"]
+    manifest = group.create_array(
+        "manifest",
+        shape=records.shape[:2] + (1, 2),
+        chunks=(1, 1, 1, 2),
+        dtype="uint32",
+        fill_value=0,
+        dimension_names=old.metadata.dimension_names,
+        overwrite=True,
+    )
+    manifest[...] = records[:, :, :1]
+    meta = dict(group.attrs["jacntk"])
+    meta["format_version"] = 2
+    group.attrs["jacntk"] = meta
+    zarr.consolidate_metadata(path)
+
+
+def test_a_format_2_store_is_read_crc_checked_and_never_extended(store, tmp_path):
+    """A store of the previous format (no digests) opens, multiplies right and still detects
+    a flipped bit (by its CRC); assemble uses it when complete, refuses to add tiles to it
+    with a clear error, and ``overwrite`` re-assembles it in the current format."""
+    path, X = store
+    old = tmp_path / "old.zarr"
+    shutil.copytree(path, old)
+    _as_format_2(old)
+    g = GramStore.open(old)
+    assert g.meta["format_version"] == 2 and not g._has_digests
+    want = jacntk.kernel(jacntk.MLP(2, "erf"), X) @ np.ones((50, 3))
+    for name, product in _products(g, 3).items():
+        np.testing.assert_allclose(
+            product(), want, rtol=0, atol=1e-6 * abs(want).max(), err_msg=name
+        )
+    assert g.verify(sample=0)["damaged"] == []
+    report = assemble(jacntk.MLP(2, "erf"), X, old, tile=20, dtype="float32")
+    assert (report.created, report.computed) == (False, 0)  # complete: used as is
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(old, damaged)
+    chunk = damaged / "K" / "c" / "0" / "2"
+    data = bytearray(chunk.read_bytes())
+    data[17] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    g = GramStore.open(damaged)
+    for name, product in _products(g, 3).items():
+        with pytest.raises(ChecksumError, match=r"tile \(0, 2\) is damaged: chunk K\[0, 2\] fails"):
+            product()
+        assert name
+    with pytest.raises(ValueError, match=r"format-2 store .* 1 of 6 tiles to write.*overwrite"):
+        assemble(jacntk.MLP(2, "erf"), X, damaged, tile=20, dtype="float32")
+    report = assemble(jacntk.MLP(2, "erf"), X, damaged, tile=20, dtype="float32", overwrite=True)
+    assert report.created and GramStore.open(damaged).meta["format_version"] == 3
+    np.testing.assert_array_equal(GramStore.open(damaged).block(), GramStore.open(path).block())
+
+
+@pytest.mark.parametrize("version", [1, 4, None])
+def test_an_unreadable_format_version_is_named(store, tmp_path, version):
+    import zarr
+
+    path, _ = store
+    other = tmp_path / "other.zarr"
+    shutil.copytree(path, other)
+    group = zarr.open_group(other, mode="r+")
+    meta = dict(group.attrs["jacntk"])
+    meta["format_version"] = version
+    group.attrs["jacntk"] = meta
+    zarr.consolidate_metadata(other)
+    with pytest.raises(
+        ValueError, match=rf"format version {version}; this jacntk reads versions 2 and 3"
+    ):
+        GramStore.open(other)

@@ -48,6 +48,11 @@ def register(sub) -> None:
         "when it matches, so a second run only queries and solves)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a --store made for other settings or by an older jacntk",
+    )
+    p.add_argument(
         "--times",
         type=float,
         nargs="+",
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         cluster=cluster_options(args),
         storage_options=options,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     where = args.store if "://" in args.store else Path(args.store).resolve()
     print(

@@ -35,6 +35,7 @@ from ..options import DEFAULT_TILE
 from ..progress import progress_bar
 from ..validation import as_points
 from ._format import (
+    FORMAT_VERSION,
     ChecksumError,
     check_dtype,
     check_tile,
@@ -194,6 +195,7 @@ def prepare_store(
 ) -> tuple[dict, bool]:
     """Open a compatible store for resuming, or create one.  Returns ``(attributes, created)``.
 
+    A store of an older readable format is used as is, or re-created with ``overwrite``.
     Replaced without ``overwrite``: a store half-created by a writer that was killed (its
     attributes lack ``inputs_written``, or the stale lease this writer broke says it was
     ``creating``).  Raises ``ValueError`` for a store made for other inputs / settings (unless
@@ -217,7 +219,8 @@ def prepare_store(
         wanted["source"] = str(source)  # where the inputs came from (not compared on resume)
     if existing is not None:
         differences = compare_attributes(existing, wanted)
-        if not differences:
+        older = existing["format_version"] != FORMAT_VERSION  # read as is; overwrite renews
+        if not differences and not (older and overwrite):
             return existing, False
         problem = f"{location.url} holds a Gram store made for other settings: " + "; ".join(
             differences
@@ -350,6 +353,12 @@ def assemble(
         todo = sorted(gram.missing_tiles() + damaged)
         total = len(upper_tiles(gram.n_tiles))
         nbytes, workers, compute_seconds, write_seconds = 0, 0, 0.0, 0.0
+        if todo and meta["format_version"] != FORMAT_VERSION:
+            raise ValueError(
+                f"{location.url} is a format-{meta['format_version']} store (an older jacntk) "
+                f"with {len(todo)} of {total} tiles to write; this jacntk writes only format "
+                f"{FORMAT_VERSION}. Use overwrite=True (--overwrite) to re-assemble it"
+            )
         if todo:
             _check_writable(location)
             nbytes, workers, compute_seconds, write_seconds = _run_tiles(

@@ -46,6 +46,9 @@ from ..kernels._fields import FIELD_NAMES
 
 FORMAT = "jacntk-gram"
 FORMAT_VERSION = 3  # 3: + product digest of scalar tiles; 2: keyed CRC-32C per chunk; 1: sha256
+#: Versions this jacntk opens.  A version-2 store (no product digests: its scalar manifest has
+#: one slot) is read with every chunk CRC-checked, but never extended or repaired.
+READABLE_VERSIONS = (2, 3)
 DTYPES = ("float64", "float32")
 #: Fields kept by a Jacobian store; K_r and K_pr are the transposes of K_q and K_pq.
 STORED_FIELDS = ("K", "K_p", "K_q", "K_pp", "K_pq", "K_qr")

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from ._format import FORMAT, FORMAT_VERSION
+from ._format import FORMAT, READABLE_VERSIONS
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,11 @@ def read_store_attributes(group, url: str) -> dict:
             f"{url} is a Zarr group but not a jacntk Gram store (its attributes have no "
             f"'jacntk' entry with format {FORMAT!r})"
         )
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise ValueError(
             f"{url} has jacntk store format version {meta.get('format_version')!r}; this "
-            f"jacntk reads version {FORMAT_VERSION}; re-assemble it (overwrite=True / "
-            "--overwrite replaces it)"
+            f"jacntk reads versions {readable}"
         )
     required = ("arch", "kind", "jacobian", "n", "d", "tile", "n_tiles", "dtype", "fingerprint")
     missing = [k for k in required if k not in meta]

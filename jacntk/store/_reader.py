@@ -251,18 +251,26 @@ class GramStore:
             return []
         return [f"chunk K[{i}, {j}] {self._what(x, 'product digest')}"]
 
+    @property
+    def _has_digests(self) -> bool:
+        """Scalar tiles carry product digests (manifest slot 1; not in format-2 stores)."""
+        return not self.jacobian and self.records.shape[2] > 1
+
     def product_tiles(self):
         """Upper tiles ``(i, j, data)`` for :func:`jacntk.linalg._gram.symmetric_product`.
 
         A scalar store yields each tile unchecked, as a ``CheckedTile`` whose product digest
         the product computes while it multiplies (no second pass over the bytes) and checks
-        before its result is used; a Jacobian store yields CRC-checked float64 fields.
+        before its result is used; a Jacobian store yields CRC-checked float64 fields, a
+        format-2 scalar store (no digests) CRC-checked tiles.
         """
         from ..linalg._gram import CheckedTile
 
         for i, j in upper_tiles(self.n_tiles):
             if self.jacobian:
                 yield i, j, self.upper_tile(i, j).astype(np.float64)
+            elif not self._has_digests:
+                yield i, j, self.upper_tile(i, j)
             elif not self._verify_reads:
                 yield i, j, self._get_chunks([("K", i, j)])[0]
             else:
@@ -278,14 +286,14 @@ class GramStore:
     def tile_problems(self, i: int, j: int) -> list[str]:
         """Upper tile ``i <= j``: the chunks that do not match their records (``[]`` if none;
         a chunk that cannot be read at all is reported as such); a scalar tile is checked
-        against both its CRC-32C and its product digest."""
+        against both its CRC-32C and its product digest (where the store records one)."""
         chunks = tile_chunks(i, j, self.jacobian)
         try:
             got = self._get_chunks(chunks)
         except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
             return [f"unreadable chunk: {exc}"]
         problems = self._chunk_problems(chunks, got)
-        if not self.jacobian and not problems:
+        if self._has_digests and not problems:
             key = chunk_key(self.meta["uuid"], "K", i, j)
             problems = self._digest_problems(i, j, tile_digest(got[0], key), got[0])
         return problems
