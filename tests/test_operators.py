@@ -69,6 +69,10 @@ def test_scaled_gram_is_d_half_theta_d_half_plus_jitter(points, lam, jitter):
     for base in (DenseGram(G, 5), StructuredGram(ARCH, points, tile=16)):
         B = ScaledGram(base, lam, jitter)
         assert rel(B.to_dense(), expected) < 1e-13
+        copy = B.dense_copy()  # the one-pass copy the direct solve factorises in place
+        np.testing.assert_allclose(copy, expected, rtol=1e-15, atol=1e-15 * abs(G).max())
+        copy[:] = 0.0  # a new array: the base's matrix is untouched
+        assert rel(B.dense_copy(), expected) < 1e-13
         blocks = expected.reshape(37, 5, 37, 5)[np.arange(37), :, np.arange(37), :]
         assert rel(B.diagonal_blocks(), blocks) < 1e-13
 

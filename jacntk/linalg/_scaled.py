@@ -7,6 +7,7 @@ the test-by-train kernel applied to coefficients.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 from scipy.sparse.linalg import LinearOperator
 
 from ..arch import MLP
@@ -55,6 +56,14 @@ class ScaledGram(GramOperator):
             out += self.jitter * V
         return out
 
+    def dense_copy(self) -> np.ndarray:
+        """``B`` as a new ``(n, n)`` float64 array (the base's dense matrix scaled in one
+        parallel pass; callers may overwrite it, e.g. factorise it in place)."""
+        A = np.asarray(self.base.to_dense(), dtype=np.float64)
+        out = np.empty(A.shape)
+        _scaled_copy(A, self.scale, self.jitter, out)
+        return out
+
     def diagonal_blocks(self) -> np.ndarray:
         s = self.scale[: self.block]
         out = self.base.diagonal_blocks() * s[None, :, None] * s[None, None, :]
@@ -63,6 +72,17 @@ class ScaledGram(GramOperator):
 
     def diagonal_fields(self):
         return self.base.diagonal_fields()
+
+
+@njit(parallel=True, cache=True)
+def _scaled_copy(A, s, jitter, out):  # pragma: no cover - compiled
+    """``out[i, j] = s[i] A[i, j] s[j] + jitter [i == j]``."""
+    n = A.shape[0]
+    for i in prange(n):
+        si = s[i]
+        for j in range(n):
+            out[i, j] = si * A[i, j] * s[j]
+        out[i, i] += jitter
 
 
 class CrossGram(LinearOperator):

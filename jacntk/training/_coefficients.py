@@ -229,14 +229,7 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
     the pseudo-inverse of docs/math.md §8.3)."""
     from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
 
-    def scaled_copy() -> np.ndarray:
-        """``D^{1/2} Theta D^{1/2} + jitter I`` as one new array."""
-        A = B.base.to_dense() * B.scale[:, None]
-        A *= B.scale[None, :]
-        A.flat[:: A.shape[0] + 1] += B.jitter
-        return A
-
-    A = scaled_copy()  # factorised in place below
+    A = B.dense_copy()  # factorised in place below
     # OpenBLAS 0.3.31's threaded Cholesky segfaults from n ~ 16000 (measured here); one BLAS
     # thread is safe there.
     threads = 1 if A.shape[0] > THREADED_CHOLESKY_LIMIT else None
@@ -247,7 +240,7 @@ def _dense_pinv_solve(B: ScaledGram, rhs: np.ndarray) -> tuple[np.ndarray, str]:
             factor = cho_factor(A.T, lower=True, overwrite_a=True, check_finite=False)
         return cho_solve(factor, rhs), "cholesky"
     except LinAlgError:
-        A = scaled_copy()  # the failed factorisation overwrote A
+        A = B.dense_copy()  # the failed factorisation overwrote A
         with threadpool_limits(limits=threads, user_api="blas"):
             w, V = eigh(0.5 * (A + A.T), check_finite=False)
         return V @ (pseudo_inverse_filter(w)[:, None] * (V.T @ rhs)), "eigh (pseudo-inverse)"
