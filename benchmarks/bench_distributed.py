@@ -90,16 +90,23 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _thread_counts() -> tuple[int, int]:
+    """(Numba threads, OpenBLAS threads) of the calling process (run in each worker)."""
+    import numba
+    import threadpoolctl
+
+    blas = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    return numba.get_num_threads(), max(blas, default=0)
+
+
 def measure(store, k: int, repeats: int, dense: bool) -> tuple[list[list[str]], dict]:
     """The rows of one store: (label, seconds, vs in memory, vs re-read on cluster, max rel
     diff) and the raw seconds."""
-    from distributed import Client, LocalCluster
-
+    from jacntk.distributed import ClusterOptions, get_client
     from jacntk.linalg import StoredGram
 
     V = np.random.default_rng(1).standard_normal((store.shape[0], k))
-    cores = os.cpu_count() or 2
-    secs, outs, notes = {}, {}, {}
+    secs, outs, notes, threads = {}, {}, {}, {}
     local = {"in memory, one process": StoredGram(store, cache_mb=1e9, dense=False)}
     if dense:
         local["in memory, dense BLAS"] = StoredGram(store, cache_mb=1e9, dense=True)
@@ -109,14 +116,10 @@ def measure(store, k: int, repeats: int, dense: bool) -> tuple[list[list[str]], 
     ref = outs["in memory, one process"]
     del local, op
     for workers in (1, 2):
-        threads = max(1, cores // workers)
-        env = {"NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-               "OPENBLAS_NUM_THREADS": str(threads)}  # fmt: skip
-        with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         host="127.0.0.1", dashboard_address=None, env=env) as cluster,
-            Client(cluster) as client,
-        ):  # fmt: skip
+        # jacntk's embedded cluster: workers x threads = the cores, the thread counts set before
+        # each worker imports Numba and OpenBLAS (a LocalCluster's env= comes too late for them)
+        with get_client(ClusterOptions(workers=workers)) as client:
+            threads[workers] = sorted(client.run(_thread_counts).values())
             if workers == 2:
                 label = "re-read on the cluster, 2 workers"
                 secs[label], outs[label] = timed(
@@ -128,7 +131,11 @@ def measure(store, k: int, repeats: int, dense: bool) -> tuple[list[list[str]], 
             load = time.perf_counter() - t0
             label = f"resident, {workers} worker{'s' if workers > 1 else ''}"
             secs[label], outs[label] = timed(lambda o=op: o @ V, repeats)
-            notes[label] = f"loading the tiles + first product {load:.1f} s"
+            counts = ", ".join(f"{a}/{b}" for a, b in threads[workers])
+            notes[label] = (
+                f"loading the tiles + first product {load:.1f} s; Numba/BLAS threads per "
+                f"worker {counts}"
+            )
             del op
     base = secs["in memory, one process"]
     cluster_base = secs["re-read on the cluster, 2 workers"]

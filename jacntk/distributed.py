@@ -214,11 +214,19 @@ def _start_local_cluster(n_workers: int, env: dict[str, str]):
     ``env`` (set in the worker after start): Numba and OpenBLAS read them when first imported,
     and the worker imports both while re-running the main script, before ``env`` is applied
     (Numba then refused to change ``NUMBA_NUM_THREADS`` once its pool was up).
+
+    Dask lets a variable already in ``os.environ`` override that config, and its nanny writes
+    the pre-spawn values into this process's ``os.environ`` without restoring them, so a
+    second cluster with another layout would inherit the first one's thread counts (measured:
+    2 OpenBLAS threads in each of 2 one-thread workers).  The variables are therefore set here
+    for the start and this process's own environment restored afterwards.
     """
     import dask
     from distributed import LocalCluster
 
     pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}
+    saved = dict(os.environ)
+    os.environ.update(env)
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
             return LocalCluster(
@@ -239,6 +247,10 @@ def _start_local_cluster(n_workers: int, env: dict[str, str]):
             "outside if __name__ == '__main__': (see 'Safe importing of main module' in "
             "Python's multiprocessing documentation)."
         ) from None
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update({k: v for k, v in saved.items() if os.environ.get(k) != v})
 
 
 @contextlib.contextmanager

@@ -4,6 +4,8 @@ product row is present and agrees with the in-memory product."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,4 +38,9 @@ def test_bench_distributed_quick_runs_every_product_and_they_agree():
         for name in PRODUCTS:
             assert float(rows[name][0]) > 0
             assert float(rows[name][3]) < 1e-12, (name, rows[name])
+        for workers in (1, 2):  # each worker has cores / workers Numba and BLAS threads
+            note = rows[f"resident, {workers} worker{'s' if workers > 1 else ''}"][4]
+            counts = re.search(r"Numba/BLAS threads per worker ([0-9/, ]+)", note).group(1)
+            want = max(1, (os.cpu_count() or 1) // workers)
+            assert counts.split(", ") == [f"{want}/{want}"] * workers, note
     assert proc.stdout.count("goal <= 1.3x") == 2

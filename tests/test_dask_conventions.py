@@ -6,6 +6,7 @@ run closes without connection-error tracebacks.
 Every case runs a script file in a fresh interpreter, as a user would (``python script.py``).
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -117,3 +118,39 @@ def test_guarded_assemble_closes_the_cluster_quietly(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
     assert "CommClosedError" not in result.stderr, result.stderr
     assert "killing" not in result.stderr, result.stderr
+
+
+def test_each_embedded_cluster_gets_its_own_thread_counts_and_leaves_the_environment(tmp_path):
+    """Two embedded clusters in one script, 1 worker then 2: every worker has cores / workers
+    Numba and OpenBLAS threads (Dask's nanny leaks its pre-spawn variables into os.environ,
+    which would give the second cluster the first one's counts), and the script's own
+    environment is as before."""
+    run = _run(
+        tmp_path,
+        "layouts.py",
+        """
+        import os
+
+        def counts():
+            import numba, threadpoolctl
+            blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas"]
+            return numba.get_num_threads(), max(blas)
+
+        if __name__ == "__main__":
+            from jacntk.distributed import ClusterOptions, get_client
+
+            os.environ["OPENBLAS_NUM_THREADS"] = "7"  # this process's own value
+            before = dict(os.environ)
+            for workers in (1, 2):
+                with get_client(ClusterOptions(workers=workers)) as client:
+                    print(workers, sorted(client.run(counts).values()))
+            print("environment kept:", dict(os.environ) == before)
+        """,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    cores = os.cpu_count() or 1
+    for workers in (1, 2):
+        t = max(1, cores // workers)
+        assert f"{workers} {[(t, t)] * workers}" in run.stdout, run.stdout
+    assert "environment kept: True" in run.stdout

@@ -173,6 +173,31 @@ def test_projected_blocks_equal_dense_blocks_times_directions(rng):
     assert rel_err(jacntk.projected_kernel(F, X, Y, U1, U2), dense) <= 1e-12
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_shared_directions_equal_the_per_point_route(activation, rng):
+    """A (p, d) array of directions shared by all points (projected once, no factor d per
+    pair) gives the blocks of the same directions repeated per point, which take the general
+    per-point route; ReLU's routed pairs included (arch given)."""
+    n1, n2, d, p = 6, 5, 7, 3
+    X, Y = rng.standard_normal((n1, d)), rng.standard_normal((n2, d))
+    X[1] = Y[2]  # a coincident pair: routed for ReLU
+    arch = jacntk.MLP(2, activation, 1.0, 0.1)
+    kind = "nngp" if activation == "relu" else "ntk"
+    F = jacntk.kernel_fields(arch, X, Y, kind=kind)
+    U = rng.standard_normal((p, d))
+    each1, each2 = np.repeat(U[None], n1, 0), np.repeat(U[None], n2, 0)
+    for extra in ({}, {"arch": arch, "kind": kind}):
+        shared = jacntk.projected_kernel(F, X, Y, U, U, **extra)
+        assert rel_err(shared, jacntk.projected_kernel(F, X, Y, each1, each2, **extra)) <= 1e-12
+    FX = jacntk.kernel_fields(arch, X, kind=kind)  # symmetric: U2 defaults to U1
+    assert (
+        rel_err(
+            jacntk.projected_kernel(FX, X, None, U), jacntk.projected_kernel(FX, X, None, each1)
+        )
+        <= 1e-12
+    )
+
+
 def test_relu_jacobian_ntk_is_refused_with_an_explanation(rng):
     X = rng.standard_normal((3, 2))
     arch = jacntk.MLP(2, "relu", sigma_w=np.sqrt(2))

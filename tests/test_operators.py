@@ -120,6 +120,27 @@ def test_stored_gram_matches_in_memory_operators(stores, points, rng):
     np.testing.assert_array_equal(X, points)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_stored_gram_with_directions_is_the_projected_gram(stores, points, rng, shared):
+    """A Jacobian store multiplied as the projected augmentation (block 1 + p) in every
+    residency -- dense, tiles cached, streamed -- equals projected_kernel on the fields."""
+    _, fields = stores
+    U = rng.standard_normal((2, 4)) if shared else jacntk.random_directions(37, 2, 4, seed=3)
+    P = jacntk.projected_kernel(jacntk.kernel_fields(ARCH, points), points, None, U)
+    V = rng.standard_normal((P.shape[0], 2))
+    for dense, cache_mb in ((True, 1024.0), (False, 1024.0), (False, 0.0)):
+        op = StoredGram(fields, directions=U, dense=dense, cache_mb=cache_mb)
+        assert op.block == 3 and op.shape == P.shape and op.diagonal_fields() is None
+        assert rel(op @ V, P @ V) < 1e-13, (dense, cache_mb)
+    np.testing.assert_allclose(
+        op.diagonal_blocks(), DenseGram(P, 3).diagonal_blocks(), rtol=1e-12, atol=1e-14
+    )
+    with pytest.raises(ValueError, match="need a Jacobian store's fields.*a scalar store"):
+        StoredGram(stores[0], directions=U)
+    with pytest.raises(ValueError, match=r"directions must have shape \(p, 4\) or \(37, p, 4\)"):
+        StoredGram(fields, directions=np.ones((2, 3)))
+
+
 @pytest.mark.parametrize("columns", [1, 3, 40])
 def test_float32_store_is_multiplied_in_its_own_precision_with_float64_sums(
     client, tmp_path, rng, columns

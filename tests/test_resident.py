@@ -67,6 +67,19 @@ def test_resident_product_and_diagonal_equal_the_stored_operator(cluster, stores
     np.testing.assert_allclose(op.diagonal_blocks(), ref.diagonal_blocks(), rtol=1e-13)
 
 
+def test_resident_projected_product_equals_the_stored_operator(cluster, stores, rng):
+    """Directions (the projected augmentation) with the Gram in the workers: the workers keep
+    the fields, the directions are sent once, the product equals the in-process one."""
+    store = stores[1]
+    U = rng.standard_normal((2, store.d))
+    op = StoredGram(store, client=cluster, directions=U, dense=False)
+    ref = StoredGram(store, directions=U, dense=False)
+    assert op.block == ref.block == 3 and op.resident is not None
+    V = rng.standard_normal((op.shape[0], 2))
+    np.testing.assert_allclose(op @ V, ref @ V, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.diagonal_blocks(), ref.diagonal_blocks(), rtol=1e-13)
+
+
 def test_products_run_where_the_parts_are_held(cluster, stores, rng):
     """Every part stays on the worker that loaded it, product after product: a part's product
     is pinned to its holder, so neither the scheduler's placement nor work stealing copies a

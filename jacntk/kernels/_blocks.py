@@ -243,7 +243,10 @@ def random_directions(n: int, p: int, d: int, seed=None) -> np.ndarray:
     return U / np.linalg.norm(U, axis=2, keepdims=True)
 
 
-def _check_directions(U, n: int, d: int, name: str) -> np.ndarray:
+def check_directions(U, n: int, d: int, name: str = "directions") -> np.ndarray:
+    """Directions of ``n`` points as ``(n, p, d)`` float64: a ``(p, d)`` input (the same
+    directions for every point) becomes a read-only broadcast view, which
+    :func:`shared_directions` recognises."""
     U = np.asarray(U, dtype=np.float64)
     if U.ndim == 2:
         U = np.broadcast_to(U, (n,) + U.shape)
@@ -257,13 +260,43 @@ def _check_directions(U, n: int, d: int, name: str) -> np.ndarray:
 def check_direction_pair(U1, U2, symmetric: bool, n1: int, n2: int, d: int):
     """Validated ``(U1, U2)`` of shapes (n1, p, d), (n2, p, d); ``U2`` defaults to ``U1`` for
     a symmetric Gram."""
-    U1 = _check_directions(U1, n1, d, "U1")
-    U2 = U1 if U2 is None and symmetric else _check_directions(U2, n2, d, "U2")
+    U1 = check_directions(U1, n1, d, "U1")
+    U2 = U1 if U2 is None and symmetric else check_directions(U2, n2, d, "U2")
     if U1.shape[1] != U2.shape[1]:
         raise ValueError(
             f"U1 and U2 have different numbers of directions: {U1.shape[1]}, {U2.shape[1]}"
         )
     return U1, U2
+
+
+def shared_directions(U: np.ndarray) -> np.ndarray | None:
+    """The ``(p, d)`` directions every point of ``U`` (``(n, p, d)``, from
+    :func:`check_directions`) shares -- a broadcast view, stride 0 along the points -- else
+    None."""
+    return U[0] if U.shape[0] > 0 and U.strides[0] == 0 else None
+
+
+def _projections(A, B, U1, U2):
+    """``u_a . x``, ``u_a . x'``, ``x . v_b``, ``x' . v_b`` and ``u_a . v_b`` for every pair
+    (shapes (n1, p), (n1, n2, p), (n1, n2, p), (n2, p), (n1, n2, p, p)).
+
+    Shared directions ``U`` (p, d) cost ``O((n1 + n2) p d + p^2 d)`` (``X U^T`` and ``U U^T``,
+    broadcast over the pairs); per-point directions ``O(n1 n2 p^2 d)``."""
+    n1, n2 = A.shape[0], B.shape[0]
+    S1, S2 = shared_directions(U1), shared_directions(U2)
+    if S1 is not None and S2 is not None:
+        p = S1.shape[0]
+        ux, vz = A @ S1.T, B @ S2.T
+        uz = np.broadcast_to((B @ S1.T)[None], (n1, n2, p))
+        vx = np.broadcast_to((A @ S2.T)[:, None], (n1, n2, p))
+        uv = np.broadcast_to(S1 @ S2.T, (n1, n2, p, p))
+        return ux, uz, vx, vz, uv
+    ux = np.einsum("iad,id->ia", U1, A)
+    uz = np.einsum("iad,jd->ija", U1, B)
+    vx = np.einsum("jbd,id->ijb", U2, A)
+    vz = np.einsum("jbd,jd->jb", U2, B)
+    uv = np.einsum("iad,jbd->ijab", U1, U2)
+    return ux, uz, vx, vz, uv
 
 
 def projected_kernel(
@@ -279,8 +312,16 @@ def projected_kernel(
     """Blocks of size (1+p) for p chosen directions per point, from the same fields.
 
     Entry ``(alpha, beta)`` of a pair's block is ``e_alpha^T Block(x, x') e'_beta`` with
-    ``e_0 = value`` and ``e_a = (0, u_a)`` for the directions ``u_a`` of each point, so
-    ``(u^T (K_p I + rank-2) u')`` costs O(d) per pair and direction.
+    ``e_0 = value`` and ``e_a = (0, u_a)`` for the directions ``u_a`` of each point:
+
+        B_00 = K,   B_0b = K_p (x . v_b) + 2 K_r (x' . v_b),
+        B_a0 = K_p (u_a . x') + 2 K_q (u_a . x),
+        B_ab = K_p (u_a . v_b) + K_pp (u_a . x')(x . v_b) + 2 K_pq (u_a . x)(x . v_b)
+               + 2 K_pr (u_a . x')(x' . v_b) + 4 K_qr (u_a . x)(x' . v_b).
+
+    Per-point directions cost O(p^2 d) per pair (every ``u_a . v_b``); directions shared by
+    all points (a ``(p, d)`` array) are projected once, O((n1 + n2) p d), and then cost
+    O(p^2) per pair -- no factor d (docs/math.md §6.3).
 
     Parameters
     ----------
@@ -301,11 +342,7 @@ def projected_kernel(
     n2 = B.shape[0]
     U1, U2 = check_direction_pair(U1, U2, X2 is None, n1, n2, d)
     p = U1.shape[1]
-    ux = np.einsum("iad,id->ia", U1, A)  # u_a . x        (n1, p)
-    uz = np.einsum("iad,jd->ija", U1, B)  # u_a . x'      (n1, n2, p)
-    vx = np.einsum("jbd,id->ijb", U2, A)  # x . v_b       (n1, n2, p)
-    vz = np.einsum("jbd,jd->jb", U2, B)  # x' . v_b       (n2, p)
-    uv = np.einsum("iad,jbd->ijab", U1, U2)  # u_a . v_b   (n1, n2, p, p)
+    ux, uz, vx, vz, uv = _projections(A, B, U1, U2)
     G = np.empty((n1, 1 + p, n2, 1 + p))
     G[:, 0, :, 0] = K
     G[:, 0, :, 1:] = Kp[:, :, None] * vx + 2.0 * Kr[:, :, None] * vz[None, :, :]

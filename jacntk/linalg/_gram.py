@@ -45,7 +45,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from .._digest import finish, row_hash, row_value, tile_digest, words
 from ..arch import MLP
-from ..kernels._blocks import projected_kernel, structured_matmul
+from ..kernels._blocks import check_directions, projected_kernel, structured_matmul
 from ..kernels._compute import compute_tile
 from ..kernels._fields import make_plan, transpose_fields
 from ..kernels._routing import RoutedFields, route_fields, routed_diagonal_blocks
@@ -366,18 +366,12 @@ class StructuredGram(GramOperator):
         self.arch, self.kind, self.points = arch, kind, X
         self.directions = None
         if directions is not None:
-            U = np.asarray(directions, dtype=np.float64)
-            if U.ndim == 2:
-                U = np.broadcast_to(U, (n,) + U.shape)
-            if U.ndim != 3 or U.shape[0] != n or U.shape[2] != d or not np.isfinite(U).all():
-                raise ValueError(
-                    f"directions must be finite with shape (p, {d}) or ({n}, p, {d}), "
-                    f"got {np.shape(directions)}"
-                )
-            self.directions = U
+            self.directions = check_directions(directions, n, d)
             jacobian = True
         self.jacobian = bool(jacobian)
-        block = 1 if not self.jacobian else (d + 1 if self.directions is None else 1 + U.shape[1])
+        block = 1 if not self.jacobian else d + 1
+        if self.directions is not None:
+            block = 1 + self.directions.shape[1]
         super().__init__(n, block)
         self.plan = make_plan(arch, kind, self.jacobian)
         self.tiles = _tiles(n, tile)

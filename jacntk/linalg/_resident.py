@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels._blocks import check_directions
 from ..kernels._routing import route_fields
 from ._gram import symmetric_product
 
@@ -39,8 +40,12 @@ class _Part:
     block: int
     diagonal: dict  # {i: stored diagonal of tile (i, i)}: (n_i,) values or (8, n_i) fields
 
-    def product(self, V: np.ndarray) -> np.ndarray:
-        return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
+    def product(self, V: np.ndarray, directions=None) -> np.ndarray:
+        """``G V``; with ``directions`` (``(p, d)`` or ``(N, p, d)``) the projected blocks."""
+        if directions is None:
+            return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
+        U = check_directions(directions, *self.points.shape)
+        return symmetric_product(self.tiles, self.slices, self.points, 1 + U.shape[1], V, U)
 
 
 _POLL_S = 2.0  # seconds between checks that the workers holding the parts are alive
@@ -73,8 +78,8 @@ def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
     return _Part(held, slices, points, block, diagonal)
 
 
-def _part_product(part: _Part, V: np.ndarray) -> np.ndarray:
-    return part.product(V)
+def _part_product(part: _Part, V: np.ndarray, directions=None) -> np.ndarray:
+    return part.product(V, directions)
 
 
 def _part_diagonal(part: _Part) -> dict:
@@ -112,6 +117,9 @@ class ResidentTiles:
         The cluster whose workers hold the tiles.
     values_only : bool
         For a Jacobian store, use only the value field ``K`` (block 1).
+    directions : (p, d) or (N, p, d), optional
+        For a Jacobian store, products of the projected augmentation (block ``1 + p``): the
+        workers hold the fields as without, the directions are sent to them once.
 
     Notes
     -----
@@ -121,7 +129,7 @@ class ResidentTiles:
     ``(N block, k)`` array back.  ``assignment`` maps each worker to the tiles it loaded.
     """
 
-    def __init__(self, store, client, *, values_only: bool = False):
+    def __init__(self, store, client, *, values_only: bool = False, directions=None):
         if not store.complete:
             raise ValueError(
                 f"the Gram store {store.location.url} is incomplete: "
@@ -130,6 +138,11 @@ class ResidentTiles:
         self.store, self.client = store, client
         self.values_only = bool(values_only) or not store.jacobian
         self.block = 1 if self.values_only else store.d + 1
+        self.directions = None  # as given ((p, d) stays small), held by the workers
+        if directions is not None:
+            p = check_directions(directions, store.n, store.d).shape[1]
+            self.block = 1 + p
+            self.directions = client.scatter(np.asarray(directions, np.float64), broadcast=True)
         workers = sorted(client.scheduler_info().get("workers", {}))
         if not workers:
             raise ValueError("the Dask cluster has no workers to hold the Gram")
@@ -184,6 +197,7 @@ class ResidentTiles:
                         _part_product,
                         p,
                         fut,
+                        self.directions,
                         pure=False,
                         workers=list(holders.get(p.key, ())) or None,
                     )

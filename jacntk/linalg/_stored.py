@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels._blocks import check_directions
 from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ._gram import (
     GramOperator,
@@ -177,6 +178,11 @@ class StoredGram(GramOperator):
         arrays, ``DIRECT_COPIES * 8 (N * block)^2`` bytes, fit the budget
         (``training_system(operator="auto")`` asks this, and a dense stored Gram is solved
         directly at ``t = inf``).  False: tiles only.
+    directions : (p, d) or (N, p, d), optional
+        For a Jacobian store: the projected augmentation (docs/math.md §6.3), blocks of
+        ``1 + p`` rows per point (value and ``p`` directional derivatives) built from the
+        stored fields; directions shared by all points (a ``(p, d)`` array) cost no factor
+        ``d`` per pair.
 
     Attributes
     ----------
@@ -192,7 +198,8 @@ class StoredGram(GramOperator):
 
     Notes
     -----
-    A scalar store gives block 1, a Jacobian store block d+1 (point-major), the product of each
+    A scalar store gives block 1, a Jacobian store block d+1 (1+p with ``directions``;
+    point-major), the product of each
     field tile through :func:`jacntk.structured_matmul` with its routed pairs (module
     docstring) repaired by the stable ReLU route.
     """
@@ -205,6 +212,7 @@ class StoredGram(GramOperator):
         values_only: bool = False,
         cache_mb: float | None = None,
         dense: bool | None = False,
+        directions=None,
     ):
         if not store.complete:
             missing = store.missing_tiles()
@@ -218,6 +226,16 @@ class StoredGram(GramOperator):
         self.points = np.asarray(store.points) if store.jacobian else None
         self.arch, self.kind = store.arch, store.kind
         block = 1 if self.values_only else store.d + 1
+        self.directions = None
+        if directions is not None:
+            if self.values_only:
+                raise ValueError(
+                    "directions (projected augmentation) need a Jacobian store's fields; "
+                    f"{store.location.url} is "
+                    + ("used values_only" if store.jacobian else "a scalar store")
+                )
+            self.directions = check_directions(directions, store.n, store.d)
+            block = 1 + self.directions.shape[1]
         super().__init__(store.n, block)
         self.budget_mib = float(memory_budget_mib() if cache_mb is None else cache_mb)
         size = store.n * block
@@ -237,7 +255,9 @@ class StoredGram(GramOperator):
         self.resident = None
         if client is not None and not self.dense:
             # every upper tile loaded once into one worker's memory, kept there (_resident.py)
-            self.resident = ResidentTiles(store, client, values_only=self.values_only)
+            self.resident = ResidentTiles(
+                store, client, values_only=self.values_only, directions=directions
+            )
 
     @property
     def residency(self) -> str:
@@ -285,13 +305,15 @@ class StoredGram(GramOperator):
                 if store.jacobian and self.values_only:
                     data = data[0]
                 elif store.jacobian:
-                    data = route_fields(
+                    routed = route_fields(
                         self.arch,
                         self.kind,
                         np.asarray(data, np.float64),
                         self.points[si],
                         self.points[sj],
-                    ).dense()
+                    )
+                    U = self.directions
+                    data = routed.dense() if U is None else routed.projected(U[si], U[sj])
                 out[ri, rj] = data
                 if j != i:
                     out[rj, ri] = data.T
@@ -338,9 +360,21 @@ class StoredGram(GramOperator):
                 self._cache = [(i, j, getattr(t, "values", t)) for i, j, t in tiles]
                 return out
             points = None if self.values_only else self.points
-            return symmetric_product(self._upper_tiles(), slices, points, self.block, V)
+            return symmetric_product(
+                self._upper_tiles(), slices, points, self.block, V, self.directions
+            )
         if self.resident is not None:
             return self.resident.product(V)
+        if self.directions is not None:  # streamed, each field tile routed as it is read
+            return symmetric_product(
+                self.store.product_tiles(),
+                [self.store.tile_slice(i) for i in range(self.store.n_tiles)],
+                self.points,
+                self.block,
+                V,
+                self.directions,
+                route=(self.arch, self.kind),
+            )
         if not (self.values_only and self.store.jacobian):
             return self.store.matvec(V)  # each upper tile read once, used twice (and routed)
         parts = [
@@ -364,7 +398,7 @@ class StoredGram(GramOperator):
         return np.concatenate(parts, axis=-1)
 
     def diagonal_fields(self):
-        if self.values_only:
+        if self.values_only or self.directions is not None:
             return None
         return self._diagonal(), self.points
 
@@ -372,4 +406,4 @@ class StoredGram(GramOperator):
         F = self._diagonal()
         if self.values_only:
             return F[:, None, None].copy()
-        return routed_diagonal_blocks(self.arch, self.kind, F, self.points)
+        return routed_diagonal_blocks(self.arch, self.kind, F, self.points, self.directions)
