@@ -206,6 +206,16 @@ def _quiet_shutdown(client) -> Iterator[None]:
             handler.setLevel(level)
 
 
+#: glibc malloc settings for every jacntk worker process.  Dask's nanny default,
+#: ``MALLOC_TRIM_THRESHOLD_=65536``, also switches off glibc's adaptive mmap threshold, so every
+#: temporary array above 128 KiB is a fresh mmap, page-faulted on first touch and unmapped when
+#: freed: the structured (Jacobian) product of one N = 1,500, d = 784 store ran 1.7x slower in
+#: a worker than in the client for that reason alone (0.25 s against 0.14 s).  Freed memory up
+#: to 256 MiB stays in the heap and arrays up to 32 MiB come from it (0.12 s).  The cluster/
+#: configurations set the same values.
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_MMAP_THRESHOLD_": "33554432"}
+
+
 def _start_local_cluster(n_workers: int, env: dict[str, str]):
     """A ``LocalCluster`` (processes, loopback) whose workers start with ``env`` already set.
 
@@ -292,7 +302,7 @@ def get_client(options: ClusterOptions | None = None, client=None) -> Iterator:
     check_main_guard()
     n_workers, threads = local_layout(options.workers)
     names = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    env = dict.fromkeys(names, str(threads))
+    env = {**dict.fromkeys(names, str(threads)), **WORKER_MALLOC}
     cluster = _start_local_cluster(n_workers, env)
     c = None
     try:

@@ -332,6 +332,9 @@ def test_dask_config_uses_only_keys_dask_knows():
     assert not unknown, f"keys Dask does not define: {unknown}"
     env = ours["distributed"]["nanny"]["pre-spawn-environ"]
     assert {"NUMBA_NUM_THREADS", "OMP_NUM_THREADS"} <= env.keys()
+    from jacntk.distributed import WORKER_MALLOC  # the embedded cluster's malloc settings
+
+    assert {k: str(env.get(k)) for k in WORKER_MALLOC} == WORKER_MALLOC
 
 
 def test_jobqueue_config_uses_only_keys_dask_jobqueue_knows():

@@ -201,3 +201,29 @@ def test_solve_checks_the_output_folder_before_solving(workdir, tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "missing_dir" in proc.stderr
     assert "CG" not in proc.stderr and "iteration" not in proc.stderr  # no solve ran
     assert not missing.parent.exists()
+
+
+def test_a_solve_killed_while_writing_leaves_no_output_and_reruns(workdir, tmp_path):
+    """SIGKILL at the last moment (the --out file being written, JACNTK_KILL_AT=output): no
+    --out file appears (only its .partial), and the same command rerun writes the result of an
+    undisturbed run."""
+    import os
+    import signal
+
+    out, ref = tmp_path / "z.npz", tmp_path / "ref.npz"
+    args = ["k.zarr", "--targets", "y.npy", "--test", "Xt.npy"]
+    env = {**os.environ, "JACNTK_KILL_AT": "output"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "jacntk", "solve", *args, "--out", str(out)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and (tmp_path / "z.npz.partial").exists()
+    solve(workdir, *args, "--out", out)
+    solve(workdir, *args, "--out", ref)
+    np.testing.assert_array_equal(np.load(out)["values"], np.load(ref)["values"])
+    assert not (tmp_path / "z.npz.partial").exists()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -195,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from jacntk.data import one_hot
     from jacntk.distributed import get_client
     from jacntk.store import GramStore
+    from jacntk.store._format import fault_point
     from jacntk.training import (
         cross_product,
         solve_coefficients,
@@ -277,8 +279,12 @@ def run(args: argparse.Namespace) -> int:
     if grads is not None:
         payload["gradients"] = grads
     payload["diagnostics"] = np.array(json.dumps(coef.diagnostics.as_dict(), default=str))
-    with open(out, "wb") as fh:
+    # written whole or not at all: a run killed here leaves no --out file (a rerun solves again)
+    partial = out.with_name(out.name + ".partial")
+    with open(partial, "wb") as fh:
         np.savez(fh, **payload)
+    fault_point("output")
+    os.replace(partial, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
