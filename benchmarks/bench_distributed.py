@@ -99,6 +99,16 @@ def _thread_counts() -> tuple[int, int]:
     return numba.get_num_threads(), max(blas, default=0)
 
 
+def _timed_part(part, V: np.ndarray, repeats: int) -> float:
+    """Median seconds of one held part's product, run in its worker (a task, as products are)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        part.product(V)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def measure(store, k: int, repeats: int, dense: bool) -> tuple[list[list[str]], dict]:
     """The rows of one store: (label, seconds, vs in memory, vs re-read on cluster, max rel
     diff) and the raw seconds."""
@@ -132,9 +142,16 @@ def measure(store, k: int, repeats: int, dense: bool) -> tuple[list[list[str]], 
             label = f"resident, {workers} worker{'s' if workers > 1 else ''}"
             secs[label], outs[label] = timed(lambda o=op: o @ V, repeats)
             counts = ", ".join(f"{a}/{b}" for a, b in threads[workers])
+            holders = client.who_has(op.resident.parts)
+            inside = max(
+                client.submit(
+                    _timed_part, part, V, repeats, workers=list(holders[part.key]), pure=False
+                ).result()
+                for part in op.resident.parts
+            )  # each part alone (in a product they run at once)
             notes[label] = (
                 f"loading the tiles + first product {load:.1f} s; Numba/BLAS threads per "
-                f"worker {counts}"
+                f"worker {counts}; slowest part's product inside its worker {inside:.3f} s"
             )
             del op
     base = secs["in memory, one process"]
@@ -207,7 +224,11 @@ def main(argv=None) -> int:
         "processes, workers x threads = 2 cores) against re-reading every tile from the store "
         "(in this process, and as one task per tile-row on 2 workers) and against the "
         f"single-process in-memory product. Median of {repeats} products after 1 warm-up; "
-        "'max rel diff' against the in-memory product. Stores on local disk (page cache). "
+        "'max rel diff' against the in-memory product. 'slowest part's product inside its "
+        "worker': each worker's held part multiplied alone, timed inside a task on that worker "
+        "(median of the same repeats); the resident product's time minus it is what Dask adds "
+        "(scatter V, dispatch, the reduction of the partial results) plus the parts' contention "
+        "for memory bandwidth when they run at once. Stores on local disk (page cache). "
         f"Load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end, on "
         f"{os.cpu_count()} cores; whole run {time.perf_counter() - t_start:.0f} s, peak RSS of "
         f"this process {peak_rss_mib():.0f} MiB.\n\nGoals (issue 12):\n\n"
