@@ -140,7 +140,8 @@ class OperatorOptions:
         ``"structured"`` only: keep every computed tile in memory (``8 N^2 / 2`` floats), for
         faster repeated products when that fits.
     client : distributed.Client or None, default None
-        Runs the products of a stored Gram on the cluster's workers; None: streamed here.
+        Runs the products on the cluster's workers: a stored Gram held in their memory, a
+        matrix-free (``"structured"``) one recomputed there; None: in this process.
     """
 
     operator: str = "auto"

@@ -127,3 +127,55 @@ def test_a_damaged_tile_fails_when_loaded(cluster, stores, tmp_path):
     chunk.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match=r"tile \(1, 3\) is damaged"):
         StoredGram(GramStore.open(path), client=cluster, dense=False)
+
+
+@pytest.mark.parametrize("which", ["scalar", "jacobian", "projected"])
+def test_matrix_free_products_on_the_workers_equal_the_local_ones(cluster, which, rng):
+    """StructuredGram(..., client=): every worker recomputes its share of the upper tiles in
+    each product (nothing held but the points); same numbers as the local matrix-free product."""
+    from jacntk.linalg import StructuredGram
+
+    X = rng.standard_normal((45, 3))
+    arch = jacntk.MLP(2, "gelu", sigma_b=0.1)
+    kwargs = {"jacobian": which != "scalar", "tile": 10}
+    if which == "projected":
+        kwargs["directions"] = rng.standard_normal((2, 3))
+    remote = StructuredGram(arch, X, client=cluster, **kwargs)
+    local = StructuredGram(arch, X, **kwargs)
+    assert len(remote.remote.assignment) == 2  # both workers recompute tiles
+    held = sorted(t for tiles in remote.remote.assignment.values() for t in tiles)
+    assert held == [(i, j) for i in range(5) for j in range(i, 5)]
+    V = rng.standard_normal((local.shape[0], 3))
+    np.testing.assert_allclose(remote @ V, local @ V, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="with a client the workers recompute them"):
+        StructuredGram(arch, X, client=cluster, cache=True, **kwargs)
+
+
+def test_matrix_free_solve_survives_a_sigkilled_worker_and_predict_uses_it(cluster, rng):
+    """A worker killed mid-CG: its tile list is placed again and the product rerun, same
+    solution; ``predict(..., operator="structured", client=)`` equals the local run."""
+    from jacntk.linalg import StructuredGram
+
+    X = rng.standard_normal((60, 3))
+    arch = jacntk.MLP(2, "erf")
+    y = rng.standard_normal((60 * 4, 1))
+    calm = cg(ScaledGram(StructuredGram(arch, X, tile=15), 0.5, 0.1), y, tol=1e-11).x
+    pids = cluster.run(os.getpid)
+    killed = []
+
+    def kill_one(iteration, _):
+        if iteration == 3 and not killed:
+            victim = sorted(pids)[-1]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
+
+    A = ScaledGram(StructuredGram(arch, X, tile=15, client=cluster), 0.5, 0.1)
+    stormy = cg(A, y, tol=1e-11, callback=kill_one).x
+    assert killed
+    np.testing.assert_allclose(stormy, calm, rtol=1e-10, atol=1e-12)
+
+    Xt, targets = rng.standard_normal((7, 3)), rng.standard_normal((60, 2))
+    args = (arch, X, targets, Xt)
+    here = jacntk.predict(*args, times=[10.0, float("inf")], operator="structured")
+    there = jacntk.predict(*args, times=[10.0, float("inf")], operator="structured", client=cluster)
+    np.testing.assert_allclose(there.values, here.values, rtol=1e-9, atol=1e-12)

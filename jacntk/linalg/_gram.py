@@ -342,6 +342,11 @@ class StructuredGram(GramOperator):
     cache : bool
         Keep every computed tile in memory (``8 N^2 / 2`` floats): faster repeated products when
         that fits; the default recomputes (the matrix-free mode).
+    client : distributed.Client, optional
+        Run the products on the cluster's workers (``RecomputedTiles``,
+        :mod:`jacntk.linalg._resident`): each worker recomputes its share of the upper tiles in
+        every product, so no worker holds more than the points and one tile's fields -- for
+        Grams larger than the cluster's memory.  Not with ``cache``.
 
     Notes
     -----
@@ -360,6 +365,7 @@ class StructuredGram(GramOperator):
         directions=None,
         tile: int = DEFAULT_TILE,
         cache: bool = False,
+        client=None,
     ):
         X = as_points(X, "X")
         n, d = X.shape
@@ -376,6 +382,17 @@ class StructuredGram(GramOperator):
         self.plan = make_plan(arch, kind, self.jacobian)
         self.tiles = _tiles(n, tile)
         self.cache = {} if cache else None
+        self.client = client
+        self.remote = None
+        if client is not None:
+            if cache:
+                raise ValueError(
+                    "cache=True keeps the tiles in this process; with a client the workers "
+                    "recompute them (choose one)"
+                )
+            from ._resident import RecomputedTiles
+
+            self.remote = RecomputedTiles(self, client)
 
     def tile_data(self, i: int, j: int):
         """Tile ``i <= j``: the scalar kernel (ti, tj), or for the Jacobian Gram its fields
@@ -394,6 +411,8 @@ class StructuredGram(GramOperator):
 
     def _matmat(self, V):
         V = _as_columns(V, self.shape[0])
+        if self.remote is not None:
+            return self.remote.product(V)
         n_t = len(self.tiles)
         upper = ((i, j, self.tile_data(i, j)) for i in range(n_t) for j in range(i, n_t))
         return symmetric_product(upper, self.tiles, self.points, self.block, V, self.directions)

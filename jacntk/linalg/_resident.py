@@ -7,15 +7,22 @@ results are summed on the workers, so the client receives one ``(N block, k)`` a
 product interrupted by a lost worker is run again (at most ``_ATTEMPTS`` times).
 
 Mechanism: one *future* per worker, the result of a pure loading task
-(``_load_part(store, tiles)``) submitted with ``workers=[w], allow_other_workers=True``.  A
-future, unlike an actor, is recomputable: when a worker dies the scheduler reruns the loading
-task of its part on a surviving worker (reading those tiles from the store again) and the
-product tasks that needed it; the result is the same numbers.  With no worker left the product
-fails with Dask's error.  Tiles are balanced across workers by bytes (longest first).
+(``_load_part(store, values_only, tiles)``) submitted with ``workers=[w],
+allow_other_workers=True``.  A future, unlike an actor, is recomputable: when a worker dies
+the scheduler reruns the loading task of its part on a surviving worker (reading those tiles
+from the store again) and the product tasks that needed it; the result is the same numbers.
+With no worker left the product fails with a clear error.  Tiles are balanced across
+workers by bytes (longest first).
+
+``RecomputedTiles`` is the matrix-free variant (``StructuredGram(..., client=)``) for Grams
+larger than the cluster's memory: the operator (points, plan) is sent to every worker once,
+each worker's part is only its list of upper tiles, and every product recomputes their fields
+there; placement, products and their reruns are the same code.
 """
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass
 
@@ -55,7 +62,7 @@ class _HolderLost(RuntimeError):
     """A worker holding a part was lost during a product (the product runs again)."""
 
 
-def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
+def _load_part(store, values_only: bool, tiles: list[tuple[int, int]]) -> _Part:
     """Read (every chunk checked) the upper tiles ``tiles`` of ``store`` into memory."""
     points = np.asarray(store.points) if store.jacobian and not values_only else None
     held, diagonal = [], {}
@@ -78,7 +85,24 @@ def _load_part(store, tiles: list[tuple[int, int]], values_only: bool) -> _Part:
     return _Part(held, slices, points, block, diagonal)
 
 
-def _part_product(part: _Part, V: np.ndarray, directions=None) -> np.ndarray:
+@dataclass
+class _ComputedPart:
+    """The upper tiles one worker recomputes in every product (``RecomputedTiles``)."""
+
+    gram: object  # a StructuredGram without client or cache
+    tiles: list
+
+    def product(self, V: np.ndarray, directions=None) -> np.ndarray:
+        g = self.gram
+        upper = ((i, j, g.tile_data(i, j)) for i, j in self.tiles)
+        return symmetric_product(upper, g.tiles, g.points, g.block, V, g.directions)
+
+
+def _computed_part(gram, tiles: list) -> _ComputedPart:
+    return _ComputedPart(gram, tiles)
+
+
+def _part_product(part, V: np.ndarray, directions=None) -> np.ndarray:
     return part.product(V, directions)
 
 
@@ -103,6 +127,131 @@ def balance(weights: list[int], n_bins: int) -> list[list[int]]:
         bins[b].append(k)
         loads[b] += weights[k]
     return bins
+
+
+def _place(client, tiles: list, weights: list, task, *args) -> tuple[list, dict]:
+    """One future per worker, ``task(*args, its tiles)``, pinned to that worker (others allowed
+    if it dies), the tiles balanced by ``weights``; waits, raising a part's error here.
+    Returns ``(futures, {worker: its tiles})``."""
+    from distributed import wait
+
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    if not workers:
+        raise ValueError("the Dask cluster has no workers to hold the Gram")
+    token = uuid.uuid4().hex[:10]
+    parts, assignment = [], {}
+    for w, picks in zip(workers, balance(weights, len(workers)), strict=True):
+        if not picks:
+            continue
+        mine = sorted(tiles[k] for k in picks)
+        assignment[w] = mine
+        parts.append(
+            client.submit(
+                task,
+                *args,
+                mine,
+                key=f"jacntk-resident-{token}-{len(parts)}",
+                workers=[w],
+                allow_other_workers=True,
+            )
+        )
+    wait(parts)
+    for f in parts:
+        if f.status == "error":
+            f.result()  # raises the loading error (e.g. a ChecksumError) here
+    return parts, assignment
+
+
+def distributed_product(client, parts: list, V: np.ndarray, directions=None) -> np.ndarray:
+    """``G V`` summed over the parts (``(N block, k)`` float64): ``V`` sent once, each part's
+    product run where the part is held, the partial results reduced on the workers; run again
+    (at most ``_ATTEMPTS`` times) when a worker dies under it."""
+    last = None
+    for _ in range(_ATTEMPTS):
+        try:
+            # V goes to one worker and from there to the others that need it; if a worker
+            # dies mid-product the lost parts are rebuilt by the scheduler and the product is
+            # simply run again
+            fut = client.scatter(V, hash=False)
+            # each part's product runs where the part is held (a strict restriction: Dask's
+            # work stealing would otherwise move a part, hundreds of MiB, to an idle worker,
+            # measured here); a holder lost mid-product ends the wait below
+            holders = client.who_has(parts)
+            partials = [
+                client.submit(
+                    _part_product,
+                    p,
+                    fut,
+                    directions,
+                    pure=False,
+                    workers=list(holders.get(p.key, ())) or None,
+                )
+                for p in parts
+            ]
+            total = client.submit(_total, *partials, pure=False)
+            return _result(client, total, holders)
+        except (ValueError, TypeError):
+            raise  # a bad input or a damaged tile: not a lost worker
+        except Exception as exc:  # noqa: BLE001 - a lost worker or lost data: run again
+            last = exc
+            if not client.scheduler_info().get("workers"):
+                raise RuntimeError(
+                    "no Dask worker remains to hold the Gram: the product cannot run "
+                    "(start workers again; their parts are rebuilt, stored tiles reloaded)"
+                ) from exc
+    raise RuntimeError(
+        f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
+    ) from last
+
+
+def _result(client, total, holders: dict):
+    """``total.result()``, checking every ``_POLL_S`` seconds that every part's holder is still
+    alive (a product pinned to a lost worker would wait for it forever): raises
+    ``_HolderLost`` so that :func:`distributed_product` runs again on the rebuilt parts."""
+    from distributed import wait
+
+    while True:
+        try:
+            wait([total], timeout=_POLL_S)
+            return total.result()
+        except TimeoutError:
+            alive = set(client.scheduler_info().get("workers", {}))
+            if any(h and not set(h) & alive for h in holders.values()):
+                raise _HolderLost("a worker holding part of the Gram was lost") from None
+
+
+def _upper_weights(sizes: list[int], per_entry: int) -> tuple[list, list]:
+    """Upper tiles ``(i, j)`` of tiles with ``sizes`` points, and their weights (entries x
+    ``per_entry``)."""
+    n_t = len(sizes)
+    tiles = [(i, j) for i in range(n_t) for j in range(i, n_t)]
+    return tiles, [sizes[i] * sizes[j] * per_entry for i, j in tiles]
+
+
+class RecomputedTiles:
+    """A matrix-free Gram (:class:`jacntk.linalg.StructuredGram`) multiplied on a Dask
+    cluster: the engine of ``StructuredGram(..., client=)``.
+
+    The operator (points, quadrature plan, directions; no client, no cache) goes to every
+    worker once; each worker recomputes the fields of its upper tiles (balanced by pairs) in
+    every product, so the cluster holds ``O(N d)`` per worker whatever ``N``.  Products move
+    ``V`` and one ``(N block, k)`` result, as for :class:`ResidentTiles`.
+    """
+
+    def __init__(self, gram, client):
+        shipped = copy.copy(gram)
+        shipped.client = shipped.remote = shipped.cache = None
+        self.client, self.block = client, gram.block
+        sizes = [t.stop - t.start for t in gram.tiles]
+        tiles, weights = _upper_weights(sizes, 1)
+        # kept referenced: scattered data cannot be recomputed, and a part rebuilt after a
+        # worker died needs it (every worker holds a copy)
+        self._gram = client.scatter(shipped, broadcast=True, hash=False)
+        self.parts, self.assignment = _place(client, tiles, weights, _computed_part, self._gram)
+
+    def product(self, V: np.ndarray) -> np.ndarray:
+        """``G V`` for ``V`` of shape ``(N block, k)`` (float64)."""
+        return distributed_product(self.client, self.parts, V)
 
 
 class ResidentTiles:
@@ -143,95 +292,19 @@ class ResidentTiles:
             p = check_directions(directions, store.n, store.d).shape[1]
             self.block = 1 + p
             self.directions = client.scatter(np.asarray(directions, np.float64), broadcast=True)
-        workers = sorted(client.scheduler_info().get("workers", {}))
-        if not workers:
-            raise ValueError("the Dask cluster has no workers to hold the Gram")
         n_t = store.n_tiles
-        tiles = [(i, j) for i in range(n_t) for j in range(i, n_t)]
         sizes = [store.tile_slice(i).stop - store.tile_slice(i).start for i in range(n_t)]
         per_entry = np.dtype(store.dtype).itemsize if not store.jacobian else 8
         per_entry *= 1 if self.values_only else 8
-        weights = [sizes[i] * sizes[j] * per_entry for i, j in tiles]
+        tiles, weights = _upper_weights(sizes, per_entry)
         fresh = type(store).open(store.location)  # no cached points travel with the handle
-        token = uuid.uuid4().hex[:10]
-        self.parts = []
-        self.assignment = {}
-        for w, picks in zip(workers, balance(weights, len(workers)), strict=True):
-            if not picks:
-                continue
-            mine = sorted(tiles[k] for k in picks)
-            self.assignment[w] = mine
-            self.parts.append(
-                client.submit(
-                    _load_part,
-                    fresh,
-                    mine,
-                    self.values_only,
-                    key=f"jacntk-resident-{token}-{len(self.parts)}",
-                    workers=[w],
-                    allow_other_workers=True,
-                )
-            )
-        from distributed import wait
-
-        wait(self.parts)
-        for f in self.parts:
-            if f.status == "error":
-                f.result()  # raises the loading error (e.g. a ChecksumError) here
+        self.parts, self.assignment = _place(
+            client, tiles, weights, _load_part, fresh, self.values_only
+        )
 
     def product(self, V: np.ndarray) -> np.ndarray:
         """``G V`` for ``V`` of shape ``(N block, k)`` (float64)."""
-        last = None
-        for _ in range(_ATTEMPTS):
-            try:
-                # V goes to one worker and from there to the others that need it; if a worker
-                # dies mid-product the lost parts are reloaded by the scheduler and the
-                # product is simply run again
-                fut = self.client.scatter(V, hash=False)
-                # each part's product runs where the part is held (a strict restriction: Dask's
-                # work stealing would otherwise move a part, hundreds of MiB, to an idle
-                # worker, measured here); a holder lost mid-product ends the wait below
-                holders = self.client.who_has(self.parts)
-                partials = [
-                    self.client.submit(
-                        _part_product,
-                        p,
-                        fut,
-                        self.directions,
-                        pure=False,
-                        workers=list(holders.get(p.key, ())) or None,
-                    )
-                    for p in self.parts
-                ]
-                total = self.client.submit(_total, *partials, pure=False)
-                return self._result(total, holders)
-            except (ValueError, TypeError):
-                raise  # a bad input or a damaged tile: not a lost worker
-            except Exception as exc:  # noqa: BLE001 - a lost worker or lost data: run again
-                last = exc
-                if not self.client.scheduler_info().get("workers"):
-                    raise RuntimeError(
-                        "no Dask worker remains to hold the Gram: the product cannot run "
-                        "(start workers again; the tiles are reloaded from the store)"
-                    ) from exc
-        raise RuntimeError(
-            f"the distributed product failed {_ATTEMPTS} times (workers lost?): {last}"
-        ) from last
-
-    def _result(self, total, holders: dict):
-        """``total.result()``, checking every ``_POLL_S`` seconds that every part's holder is
-        still alive (a product pinned to a lost worker would wait for it forever): raises
-        ``_HolderLost`` so that :meth:`product` runs again on the reloaded parts."""
-        from distributed import wait
-
-        while True:
-            try:
-                wait([total], timeout=_POLL_S)
-                return total.result()
-            except TimeoutError:
-                alive = set(self.client.scheduler_info().get("workers", {}))
-                if any(h and not set(h) & alive for h in holders.values()):
-                    raise _HolderLost("a worker holding part of the Gram was lost") from None
+        return distributed_product(self.client, self.parts, V, self.directions)
 
     def diagonal(self) -> np.ndarray:
         """The stored diagonal pairs, gathered from the workers: fields (8, n), or the values

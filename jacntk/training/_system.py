@@ -112,7 +112,8 @@ def training_system(
         ``t = inf`` is a direct solve -- else dense while the matrix takes at most
         ``DENSE_BYTES``, else matrix-free), ``"dense"``, ``"structured"`` (matrix-free fields
         per tile) or ``"stored"`` (the store's tiles, cached or streamed: iterative solves);
-        ``tile``, ``cache`` of the matrix-free operator; ``client`` of the stored one.
+        ``tile``, ``cache`` of the matrix-free operator; ``client`` of the stored and the
+        matrix-free one.
         Default: ``OperatorOptions()``.
     operator, tile, client
         Shorthands for the fields of ``operator_options`` (see
@@ -165,7 +166,13 @@ def training_system(
             base = DenseGram(kernel(arch, points, kind=kind, jacobian=full), d + 1 if full else 1)
         else:
             base = StructuredGram(
-                arch, points, kind=kind, jacobian=full, tile=options.tile, cache=options.cache
+                arch,
+                points,
+                kind=kind,
+                jacobian=full,
+                tile=options.tile,
+                cache=options.cache,
+                client=options.client,
             )
     # math.md's c = eta kappa^2 / N multiplies the kappa-free kernel; ours carries kappa^2.
     c = float(learning_rate) / n
