@@ -89,40 +89,13 @@ def memory_cgroup():
     """``cap(limit_bytes) -> prefix``: a new cgroup-v1 memory cgroup below this process's own,
     limited to ``limit_bytes``; ``[*prefix, cmd, ...]`` runs ``cmd`` inside it (the kernel
     kills it past the limit).  Skipped where memory cgroups v1 cannot be created (not root, no
-    v1 hierarchy); every cgroup is removed afterwards."""
-    import os
-    import shutil
-    import uuid
+    v1 hierarchy); every cgroup is removed afterwards (``benchmarks/cgroups.py``)."""
+    from benchmarks.cgroups import MemoryCgroups, reason_unavailable
 
-    from jacntk.linalg._stored import memory_cgroup as own_group
-
-    group = own_group()
-    own = group[0] if group is not None and group[1] == "memory.limit_in_bytes" else None
-    if own is None or not os.access(own, os.W_OK):
-        pytest.skip("no writable cgroup-v1 memory hierarchy here (needs root)")
-    made = []
-
-    def cap(limit_bytes: int) -> list[str]:
-        group = os.path.join(own, f"jacntk-test-{uuid.uuid4().hex[:8]}")
-        os.mkdir(group)
-        made.append(group)
-        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
-            f.write(str(int(limit_bytes)))
-        procs = os.path.join(group, "cgroup.procs")
-        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"]
-
-    try:
-        yield cap
-    finally:
-        for group in made:
-            for _ in range(50):  # the group empties once its processes are gone
-                try:
-                    os.rmdir(group)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            else:
-                shutil.rmtree(group, ignore_errors=True)
+    if reason_unavailable() is not None:
+        pytest.skip(reason_unavailable())
+    with MemoryCgroups("jacntk-test") as groups:
+        yield groups.cap
 
 
 def pytest_collection_modifyitems(config, items):

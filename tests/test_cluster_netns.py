@@ -21,6 +21,8 @@ import uuid
 import pytest
 from test_cluster_scripts import REPO, assert_store_equals_kernel, make_points, run_jacntk
 
+from benchmarks.cgroups import peak_mib
+
 SUBNET = "10.213.0"
 HOSTS = {"sched": 1, "w1": 2, "w2": 3, "client": 4}  # namespace role -> last address byte
 PORT = 8786
@@ -215,13 +217,6 @@ def _tail(logs) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.iterdir()))
 
 
-def _peak_mib(prefix_group: list[str]) -> float:
-    """``memory.max_usage_in_bytes`` of the cgroup a ``memory_cgroup`` prefix enters (MiB)."""
-    procs = prefix_group[2].split("> ", 1)[1].split(" &&", 1)[0]
-    with open(procs.replace("cgroup.procs", "memory.max_usage_in_bytes")) as f:
-        return int(f.read()) / 2**20
-
-
 def test_a_solve_on_memory_capped_hosts_keeps_the_gram_in_the_workers(
     hosts, processes, memory_cgroup, tmp_path
 ):
@@ -272,7 +267,7 @@ def test_a_solve_on_memory_capped_hosts_keeps_the_gram_in_the_workers(
     )  # fmt: skip
     assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     assert "resident in the memory of 2 workers" in out.stderr, out.stderr[-2000:]
-    peaks = {role: _peak_mib(g) for role, g in {**groups, "client": client_group}.items()}
+    peaks = {role: peak_mib(g) for role, g in {**groups, "client": client_group}.items()}
     assert all(p < cap / 2**20 for p in peaks.values()), peaks
 
     ref = jacntk.predict(
