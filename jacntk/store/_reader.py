@@ -9,7 +9,6 @@ import numpy as np
 
 from .._digest import split, tile_digest
 from ..arch import MLP
-from ..kernels._compute import compute_tile
 from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
 from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ..validation import as_vector
@@ -502,68 +501,6 @@ class GramStore:
         ``fingerprint_ok``.  ``ok`` is False when anything is damaged, or the store claims to be
         complete while tiles are missing.
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from ._verify import verify_store
 
-        from ..progress import progress_bar
-
-        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-            raise ValueError(f"sample must be a non-negative integer, got {sample!r}")
-        report = {"url": self.location.url, "damaged": [], "recomputed": []}
-        report["fingerprint_ok"] = False
-        try:
-            X = self.points
-            report["fingerprint_ok"] = True
-        except ChecksumError:
-            problem = "inputs X do not match the stored fingerprint"
-            report["damaged"].append({"tile": None, "problem": problem})
-        except Exception as exc:  # noqa: BLE001 - any read failure is damage to report
-            report["damaged"].append({"tile": None, "problem": f"inputs X unreadable: {exc}"})
-        done = [(i, j) for i, j in upper_tiles(self.n_tiles) if self.done[i, j]]
-        planned = min(sample, len(done)) if report["fingerprint_ok"] else 0
-        readable = []
-        with progress_bar(len(done) + planned, "verify", progress, "tile") as bar:
-            bar.set_postfix_str("checksums", refresh=False)
-            with ThreadPoolExecutor(max(1, min(8, len(done)))) as pool:  # reads in parallel
-                for (i, j), problems in zip(
-                    done, pool.map(lambda t: self.tile_problems(*t), done), strict=True
-                ):
-                    if problems:
-                        report["damaged"].append({"tile": [i, j], "problem": "; ".join(problems)})
-                        bar.set_postfix_str(f"checksums, {len(report['damaged'])} damaged")
-                    else:
-                        readable.append((i, j))
-                    bar.update(1)
-            if sample and readable and report["fingerprint_ok"]:
-                bar.set_postfix_str("recomputing")
-                rng = np.random.default_rng(seed)
-                picks = rng.choice(len(readable), size=min(sample, len(readable)), replace=False)
-                plan = self.plan()
-                rtol = 1e-10 if self.dtype == "float64" else 2e-6
-                for p in sorted(picks):
-                    i, j = readable[p]
-                    xj = None if i == j else X[self.tile_slice(j)]
-                    want = compute_tile(
-                        self.arch,
-                        X[self.tile_slice(i)],
-                        xj,
-                        kind=self.kind,
-                        jacobian=self.jacobian,
-                        plan=plan,
-                    )
-                    want = want.astype(self.dtype).astype(np.float64)
-                    got = self.upper_tile(i, j).astype(np.float64)
-                    err = float(np.max(np.abs(got - want)))
-                    scale = max(1.0, float(np.max(np.abs(want))))
-                    report["recomputed"].append([i, j])
-                    if not err <= rtol * scale:
-                        report["damaged"].append(
-                            {"tile": [i, j], "problem": f"recomputed values differ by {err:.3e}"}
-                        )
-                    bar.update(1)
-            bar.set_postfix_str(f"{len(report['damaged'])} damaged")
-        report["tiles_total"] = self.n_tiles * (self.n_tiles + 1) // 2
-        report["tiles_done"] = len(done)
-        report["missing"] = [list(t) for t in self.missing_tiles()]
-        claims = bool(self.meta.get("complete"))
-        report["ok"] = not report["damaged"] and not (claims and report["missing"])
-        return report
+        return verify_store(self, sample, seed, progress)
