@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import machine, peak_rss_mib, table, write_section  # noqa: E402
+from benchmarks.results import peak_rss_mib, publish, table  # noqa: E402
 
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 3) -> float:
@@ -183,11 +183,7 @@ def main(argv=None) -> int:
         + "\n".join(f"- {note}" for note in notes)
         + "\n"
     )
-    print(body)
-    if not args.quick:
-        write_section("bench_assembly", body)
-    else:
-        print(f"(quick run: RESULTS.md not written) {machine()}")
+    publish("bench_assembly", body, args.quick)
     return 0
 
 

@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import peak_rss_mib, table, write_section  # noqa: E402
+from benchmarks.results import peak_rss_mib, publish, table  # noqa: E402
 
 
 def _tile_row_product(store, i: int, V: np.ndarray) -> np.ndarray:
@@ -236,11 +236,7 @@ def main(argv=None) -> int:
         + "\n\n"
         + "\n\n".join(sections)
     )
-    print(body)
-    if not args.quick:
-        write_section("bench_distributed", body)
-    else:
-        print("(quick run: RESULTS.md not written)")
+    publish("bench_distributed", body, args.quick)
     return 0
 
 

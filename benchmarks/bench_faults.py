@@ -58,7 +58,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import machine, table, write_section  # noqa: E402
+from benchmarks.results import publish, table  # noqa: E402
 
 STAGES = ["lease", "clearing", "group", "arrays", "manifest", "inputs-array", "inputs-data",
           "created", "recorded", "marked"]  # fmt: skip
@@ -720,11 +720,7 @@ def main(argv=None) -> int:
         f"benchmarks/bench_faults.py --trials {trials} --fault-trials {fault_trials}`.\n\n"
         + table(header, [r.cells() for r in rows])
     )
-    print(body)
-    if not args.quick:
-        write_section("faults", body)
-    else:
-        print(f"(quick run: RESULTS.md not written) {machine()}")
+    publish("faults", body, args.quick)
     return 0 if ok == total else 1
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cgroups import MemoryCgroups, peak_mib, reason_unavailable  # noqa: E402
-from benchmarks.results import RESULTS, table, write_section  # noqa: E402
+from benchmarks.results import RESULTS, publish, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -204,11 +204,7 @@ def main(argv=None) -> int:
         print(f"bench_fmnist_cluster: skipped: {why}")
         return 0
     body = bench("quick" if args.quick else "full", args.logs)
-    print(body, flush=True)
-    if args.quick:
-        print("\n(quick mode: RESULTS.md not written)")
-    else:
-        write_section("bench_fmnist_cluster", body)
+    publish("bench_fmnist_cluster", body, args.quick)
     return 0
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import machine, median_time, table, write_section  # noqa: E402
+from benchmarks.results import median_time, publish, table  # noqa: E402
 
 TIMES = (1e2, 1e3, 1e4, 1e5)
 #: expm_multiply's cost grows with |c t B| (about 35 s per call at t = 1e4, N = 4,000): the exp
@@ -164,12 +164,7 @@ def main(argv=None) -> int:
         "DenseGram and an in-memory StoredGram use).\n\n"
         + table(["k", "K @ V (ms)", "(V^T K)^T (ms)", "speed-up"], prod_rows)
     )
-    print(body)
-    print(machine())
-    if args.quick:
-        print("(quick run: RESULTS.md not written)")
-    else:
-        write_section("bench_lanczos", body)
+    publish("bench_lanczos", body, args.quick)
     return 0
 
 

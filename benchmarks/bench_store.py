@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import machine, peak_rss_mib, table, write_section  # noqa: E402
+from benchmarks.results import peak_rss_mib, publish, table  # noqa: E402
 
 
 def crc_throughput(nbytes: int = 8 * 2**20, repeats: int = 20) -> float:
@@ -397,11 +397,7 @@ def main(argv=None) -> int:
             floor_rows,
         )
     )
-    print(body)
-    if not args.quick:
-        write_section("bench_store", body)
-    else:
-        print(f"(quick run: RESULTS.md not written) {machine()}")
+    publish("bench_store", body, args.quick)
     return 0
 
 

@@ -91,3 +91,13 @@ def write_section(name: str, body: str) -> None:
         else:
             text = text.rstrip() + "\n\n" + block
         RESULTS.write_text(text)
+
+
+def publish(name: str, body: str, quick: bool) -> None:
+    """Print a benchmark's body; a full run replaces its section ``name`` of RESULTS.md, a
+    quick run says it did not (with the machine)."""
+    print(body, flush=True)
+    if quick:
+        print(f"(quick run: RESULTS.md not written) {machine()}")
+    else:
+        write_section(name, body)
