@@ -135,8 +135,11 @@ def test_stored_gram_with_directions_is_the_projected_gram(stores, points, rng, 
     np.testing.assert_allclose(
         op.diagonal_blocks(), DenseGram(P, 3).diagonal_blocks(), rtol=1e-12, atol=1e-14
     )
+    assert rel(fields.matvec(V, U), P @ V) < 1e-13  # the store's own streamed product
     with pytest.raises(ValueError, match="need a Jacobian store's fields.*a scalar store"):
         StoredGram(stores[0], directions=U)
+    with pytest.raises(ValueError, match="need a Jacobian store's fields.*a scalar store"):
+        stores[0].matvec(V[:37], U)
     with pytest.raises(ValueError, match=r"directions must have shape \(p, 4\) or \(37, p, 4\)"):
         StoredGram(fields, directions=np.ones((2, 3)))
 

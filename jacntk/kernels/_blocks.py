@@ -243,13 +243,18 @@ def random_directions(n: int, p: int, d: int, seed=None) -> np.ndarray:
     return U / np.linalg.norm(U, axis=2, keepdims=True)
 
 
-def check_directions(U, n: int, d: int, name: str = "directions") -> np.ndarray:
-    """Directions of ``n`` points as ``(n, p, d)`` float64: a ``(p, d)`` input (the same
-    directions for every point) becomes a read-only broadcast view, which
-    :func:`shared_directions` recognises."""
+def per_point_directions(U, n: int) -> np.ndarray:
+    """``U`` as ``(n, p, d)`` float64, unchecked: a ``(p, d)`` array (the same directions for
+    every point) becomes a read-only broadcast view, which :func:`shared_directions`
+    recognises."""
     U = np.asarray(U, dtype=np.float64)
-    if U.ndim == 2:
-        U = np.broadcast_to(U, (n,) + U.shape)
+    return np.broadcast_to(U, (n,) + U.shape) if U.ndim == 2 else U
+
+
+def check_directions(U, n: int, d: int, name: str = "directions") -> np.ndarray:
+    """Directions of ``n`` points, validated, as ``(n, p, d)`` float64
+    (:func:`per_point_directions`)."""
+    U = per_point_directions(U, n)
     if U.ndim != 3 or U.shape[0] != n or U.shape[2] != d:
         raise ValueError(f"{name} must have shape (p, {d}) or ({n}, p, {d}), got {U.shape}")
     if not np.isfinite(U).all():

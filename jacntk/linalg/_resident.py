@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels._blocks import check_directions
+from ..kernels._blocks import check_directions, per_point_directions
 from ..kernels._routing import route_fields
 from ._gram import symmetric_product
 
@@ -48,10 +48,11 @@ class _Part:
     diagonal: dict  # {i: stored diagonal of tile (i, i)}: (n_i,) values or (8, n_i) fields
 
     def product(self, V: np.ndarray, directions=None) -> np.ndarray:
-        """``G V``; with ``directions`` (``(p, d)`` or ``(N, p, d)``) the projected blocks."""
+        """``G V``; with ``directions`` (``(p, d)`` or ``(N, p, d)``, checked by the client)
+        the projected blocks."""
         if directions is None:
             return symmetric_product(self.tiles, self.slices, self.points, self.block, V)
-        U = check_directions(directions, *self.points.shape)
+        U = per_point_directions(directions, len(self.points))
         return symmetric_product(self.tiles, self.slices, self.points, 1 + U.shape[1], V, U)
 
 

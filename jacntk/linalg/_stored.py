@@ -365,18 +365,9 @@ class StoredGram(GramOperator):
             )
         if self.resident is not None:
             return self.resident.product(V)
-        if self.directions is not None:  # streamed, each field tile routed as it is read
-            return symmetric_product(
-                self.store.product_tiles(),
-                [self.store.tile_slice(i) for i in range(self.store.n_tiles)],
-                self.points,
-                self.block,
-                V,
-                self.directions,
-                route=(self.arch, self.kind),
-            )
         if not (self.values_only and self.store.jacobian):
-            return self.store.matvec(V)  # each upper tile read once, used twice (and routed)
+            # each upper tile read once, used twice (and routed; projected with directions)
+            return self.store.matvec(V, self.directions)
         parts = [
             _stored_row_product(self.store, i, V, self.values_only)
             for i in range(self.store.n_tiles)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._digest import split, tile_digest
 from ..arch import MLP
+from ..kernels._blocks import check_directions
 from ..kernels._fields import FIELD_NAMES, Plan, make_plan, transpose_fields
 from ..kernels._routing import route_fields, routed_diagonal_blocks
 from ..validation import as_vector
@@ -396,30 +397,42 @@ class GramStore:
         blocks = routed_diagonal_blocks(self.arch, self.kind, F, self.points)
         return np.diagonal(blocks, axis1=1, axis2=2).reshape(-1)
 
-    def matvec(self, v) -> np.ndarray:
+    def matvec(self, v, directions=None) -> np.ndarray:
         """Gram (or augmented Gram) times ``v``, streaming one stored tile at a time.
 
         ``v`` is ``(n,)``/``(n, k)`` for a scalar store, ``(n(d+1),)``/``(n(d+1), k)``
         point-major for a Jacobian store (products by :func:`jacntk.structured_matmul`, the
-        routed pairs repaired from the inputs as in :meth:`block`).
+        routed pairs repaired from the inputs as in :meth:`block`), ``(n(1+p),)``/
+        ``(n(1+p), k)`` with ``directions`` ((p, d) or (n, p, d), a Jacobian store only: the
+        projected augmentation of docs/math.md §6.3).
         Each upper tile ``T_IJ`` is read once and used twice: ``y_I += T_IJ v_J`` and, for
         ``I < J``, ``y_J += T_IJ^T v_I``.  Accumulates in float64.
         """
-        v = as_vector(v, self.shape[0], "v")
+        jac = self.jacobian
+        block = self.d + 1 if jac else 1
+        if directions is not None:
+            if not jac:
+                raise ValueError(
+                    "directions (projected augmentation) need a Jacobian store's fields; "
+                    f"{self.location.url} is a scalar store"
+                )
+            directions = check_directions(directions, self.n, self.d)
+            block = 1 + directions.shape[1]
+        v = as_vector(v, self.n * block, "v")
         if v.ndim > 2:
             raise ValueError(f"v must be 1-D or 2-D, got shape {v.shape}")
         self._require(upper_tiles(self.n_tiles))
         from ..linalg._gram import symmetric_product
 
         V = v.reshape(v.shape[0], -1)
-        jac = self.jacobian
         slices = [self.tile_slice(i) for i in range(self.n_tiles)]
         y = symmetric_product(
             self.product_tiles(),
             slices,
             self.points if jac else None,
-            self.d + 1 if jac else 1,
+            block,
             V,
+            directions,
             route=(self.arch, self.kind) if jac else None,
         )
         return y.reshape(v.shape)
