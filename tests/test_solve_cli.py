@@ -222,8 +222,25 @@ def test_a_solve_killed_while_writing_leaves_no_output_and_reruns(workdir, tmp_p
         env=env,
     )
     assert killed.returncode == -signal.SIGKILL
-    assert not out.exists() and (tmp_path / "z.npz.partial").exists()
+    assert not out.exists() and len(list(tmp_path.glob("z.npz.*.partial"))) == 1
     solve(workdir, *args, "--out", out)
     solve(workdir, *args, "--out", ref)
     np.testing.assert_array_equal(np.load(out)["values"], np.load(ref)["values"])
-    assert not (tmp_path / "z.npz.partial").exists()
+    assert not list(tmp_path.glob("z.npz.*.partial"))  # the dead run's partial file removed
+
+
+def test_two_solves_writing_one_output_at_once_leave_it_whole(workdir, tmp_path):
+    """Two ``jacntk solve --overwrite`` on the same --out at once: both exit 0 and the file is
+    one run's whole result (each writes its own partial file), with no partial file left."""
+    out, ref = tmp_path / "z.npz", tmp_path / "ref.npz"
+    args = ["k.zarr", "--targets", "y.npy", "--test", "Xt.npy", "--quiet"]
+    cmd = [sys.executable, "-m", "jacntk", "solve", *args, "--out", str(out), "--overwrite"]
+    for _ in range(3):
+        procs = [
+            subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    solve(workdir, *args, "--out", ref)
+    np.testing.assert_array_equal(np.load(out)["values"], np.load(ref)["values"])
+    assert not list(tmp_path.glob("z.npz.*.partial"))

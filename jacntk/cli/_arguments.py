@@ -112,3 +112,38 @@ def check_output_file(path, *, overwrite: bool = False, option: str = "--out"):
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     return out
+
+
+def write_whole(out, write) -> None:
+    """Write ``out`` whole or not at all: ``write(fh)`` fills ``OUT.<pid>.partial``, which is
+    then renamed over ``out``.  A run killed before the rename leaves no ``out``; two runs
+    writing the same ``out`` at once each write their own file (the last rename wins, whole).
+    The partial files of runs that are gone are removed after a successful write (fault stage
+    ``output`` between the write and the rename, docs/architecture.md §5.7)."""
+    import os
+    from pathlib import Path
+
+    from ..store._format import fault_point
+
+    out = Path(out)
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as fh:
+        write(fh)
+    fault_point("output")
+    os.replace(partial, out)
+    for stale in out.parent.glob(f"{out.name}.*.partial"):
+        pid = stale.name[len(out.name) + 1 : -len(".partial")]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)  # signal 0: existence only (PermissionError: alive, not ours)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from ._arguments import (
     cluster_options,
     storage_options,
     wants_cluster,
+    write_whole,
 )
 
 
@@ -196,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
     from jacntk.data import one_hot
     from jacntk.distributed import get_client
     from jacntk.store import GramStore
-    from jacntk.store._format import fault_point
     from jacntk.training import (
         cross_product,
         solve_coefficients,
@@ -280,11 +279,7 @@ def run(args: argparse.Namespace) -> int:
         payload["gradients"] = grads
     payload["diagnostics"] = np.array(json.dumps(coef.diagnostics.as_dict(), default=str))
     # written whole or not at all: a run killed here leaves no --out file (a rerun solves again)
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as fh:
-        np.savez(fh, **payload)
-    fault_point("output")
-    os.replace(partial, out)
+    write_whole(out, lambda fh: np.savez(fh, **payload))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
