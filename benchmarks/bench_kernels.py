@@ -84,8 +84,11 @@ arch = jacntk.MLP(3, name, sigma_w=1.5, sigma_b=0.1)
 fkind = "ntk_truncated" if name == "relu" else "ntk"
 def timed(A, kind, jac):
     compute_tile(arch, A[:64], kind=kind, jacobian=jac)  # compile outside timing
-    t0 = time.perf_counter(); compute_tile(arch, A, kind=kind, jacobian=jac)
-    return time.perf_counter() - t0
+    times = []
+    for _ in range(cfg["repeats"]):
+        t0 = time.perf_counter(); compute_tile(arch, A, kind=kind, jacobian=jac)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 ts = timed(X, "ntk", False)
 tf = timed(X[: cfg["n_fields"]], fkind, True)
 # accuracy on a small set with the diagonal, a duplicate, x' = -x and a near-duplicate
@@ -118,13 +121,19 @@ print(json.dumps({"scalar_s": ts, "fields_s": tf, "scalar_err": es, "fields_err"
 """
 
 
-def activation_rows(quick: bool, threads: int) -> str:
+def activation_rows(quick: bool, threads: int, repeats: int) -> str:
     """The per-activation table (issue 14): pairs/s of the scalar NTK and of the Jacobian
     fields for every activation, with each one's accuracy against its reference."""
     n_scalar, n_fields = (500, 200) if quick else (2000, 1000)
     rows, base = [], {}
     for name in ("erf", "relu", "gelu", "tanh", "softplus", "silu"):
-        cfg = {"activation": name, "d": 784, "n_scalar": n_scalar, "n_fields": n_fields}
+        cfg = {
+            "activation": name,
+            "d": 784,
+            "n_scalar": n_scalar,
+            "n_fields": n_fields,
+            "repeats": max(1, repeats),
+        }
         r = run_worker(cfg, threads, ACTIVATION_WORKER)
         ps = n_scalar * (n_scalar + 1) / 2 / r["scalar_s"]
         pf = n_fields * (n_fields + 1) / 2 / r["fields_s"]
@@ -161,7 +170,7 @@ def activation_rows(quick: bool, threads: int) -> str:
     body += (
         f"\nDepth 3, d = 784, sigma_w = 1.5, sigma_b = 0.1, float64, {threads} Numba threads; "
         f"pairs = the upper half N(N+1)/2, scalar NTK at N = {n_scalar}, fields at "
-        f"N = {n_fields} (one run each, compilation excluded).  Errors: the largest relative "
+        f"N = {n_fields} (median of {max(1, repeats)} runs each, compilation excluded).  Errors: the largest relative "
         "difference (per field, against its largest entry) over a symmetric tile of 20 points "
         "with the diagonal, a duplicate, x' = -x and a near-duplicate, and a cross tile; "
         "the reference of erf and gelu is the 2-D trapezoid rule over their derivative tables "
@@ -201,7 +210,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     threads = os.cpu_count() or 1
-    activations = activation_rows(args.quick, threads)
+    activations = activation_rows(args.quick, threads, args.repeats)
     write_section("kernels-activations", activations)
     print(activations)
     if args.activations_only:
