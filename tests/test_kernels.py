@@ -285,3 +285,33 @@ def test_deep_chaotic_diagonal_stays_exact(rng):
     np.testing.assert_allclose(
         np.diag(jacntk.kernel_fields(arch, X, kind="ntk").K), ntk, rtol=1e-10
     )
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu", "gelu"])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_small_d_rows_form_their_inner_products_as_the_gemm_route(
+    activation, precision, monkeypatch
+):
+    """At d <= INLINE_DOT_D the closed-form rows form <x, x'> themselves (no GEMM): the values
+    equal the GEMM route's (the route every larger d takes) to rounding, the diagonal exactly
+    as the float64 diagonal chain, and a pair's value does not depend on its tile."""
+    from jacntk.kernels import _compute
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((300, 7)).astype(precision)
+    X[5] = X[4]  # a duplicate: a collinear off-diagonal pair
+    arch = jacntk.MLP(3, activation, sigma_w=1.2, sigma_b=0.2)
+    kinds = ("nngp", "ntk")
+    inline = jacntk.kernel(arch, X, kind=kinds, precision=precision)
+    cross = jacntk.kernel(arch, X[:40], X[100:], kind=kinds, precision=precision)
+    monkeypatch.setattr(_compute, "INLINE_DOT_D", 0)
+    gemm = jacntk.kernel(arch, X, kind=kinds, precision=precision)
+    tol = 1e-14 if precision == "float64" else 2e-6
+    for a, b, c in zip(inline, gemm, cross, strict=True):
+        assert a.dtype == np.dtype(precision)
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max())
+        np.testing.assert_array_equal(np.diagonal(a), np.diagonal(b))
+        np.testing.assert_array_equal(a, a.T)
+        np.testing.assert_allclose(c, a[:40, 100:], rtol=0, atol=tol * np.abs(b).max())
+    if precision == "float64":  # tile-independent bit for bit (sums over k in order)
+        np.testing.assert_array_equal(cross[1], inline[1][:40, 100:])

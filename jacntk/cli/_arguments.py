@@ -80,6 +80,20 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_store_kind_argument(parser: argparse.ArgumentParser, every: bool = False) -> None:
+    """``--kind``: which kind to read from a store of several kinds (``jacntk assemble
+    --kind nngp ntk``); ``every``: without it, every kind the store holds."""
+    from jacntk.arch import KINDS
+
+    default = "every kind it holds" if every else "required for a store of several kinds"
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default=None,
+        help=f"the kernel kind to read from a store of several kinds ({default})",
+    )
+
+
 def storage_options(pairs: list[str]) -> dict | None:
     """``["key=value", ...]`` -> dict (values parsed as JSON when possible); None if empty."""
     out = {}

@@ -16,6 +16,7 @@ from ._arguments import (
     add_cluster_arguments,
     add_progress_arguments,
     add_storage_argument,
+    add_store_kind_argument,
     check_output_file,
     cluster_options,
     storage_options,
@@ -40,6 +41,7 @@ def register(sub) -> None:
         "predictions are made at the training points.",
     )
     p.add_argument("store", metavar="STORE", help="Gram store (path or URL), complete")
+    add_store_kind_argument(p)
     p.add_argument("--targets", required=True, metavar="Y.npy", help="(N,) or (N, k) targets")
     p.add_argument(
         "--one-hot",
@@ -213,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if times is not None and any(not (t >= 0) for t in times):
         raise ValueError(f"--time values must be >= 0 (inf allowed), got {times}")
     solver = solver_options(args)
-    store = GramStore.open(args.store, storage_options(args.storage_option))
+    store = GramStore.open(args.store, storage_options(args.storage_option), args.kind)
     raw = _load_array(args.targets, "--targets")
     try:
         y = one_hot(raw) if args.one_hot else np.asarray(raw, dtype=np.float64)

@@ -10,6 +10,7 @@ from ._arguments import (
     add_cluster_arguments,
     add_progress_arguments,
     add_storage_argument,
+    add_store_kind_argument,
     check_output_file,
     cluster_options,
     storage_options,
@@ -40,7 +41,15 @@ def register(sub) -> None:
         "test split of the same spec",
     )
     p.add_argument("--out", required=True, metavar="STORE", help="store path or fsspec URL")
-    p.add_argument("--kind", default="ntk", choices=KINDS)
+    p.add_argument(
+        "--kind",
+        nargs="+",
+        default=["ntk"],
+        choices=KINDS,
+        metavar="KIND",
+        help=f"kernel kind ({', '.join(KINDS)}; default ntk); several (e.g. --kind nngp ntk) "
+        "are computed in one pass into one store holding a store per kind",
+    )
     p.add_argument("--jacobian", action="store_true", help="store the Jacobian kernel's fields")
     p.add_argument("--activation", default="erf", choices=ACTIVATIONS)
     p.add_argument("--depth", type=int, default=3, help="hidden layers (default 3)")
@@ -67,6 +76,7 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="describe a Gram store", description="Describe a store.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the attributes as JSON")
+    add_store_kind_argument(p, every=True)
     add_storage_argument(p)
     p.set_defaults(func=run_info)
 
@@ -85,6 +95,7 @@ def register(sub) -> None:
         help="the point-major Jacobian-augmented block (Jacobian stores)",
     )
     p.add_argument("--out", metavar="FILE.npy", help="save the block instead of printing it")
+    add_store_kind_argument(p)
     add_storage_argument(p)
     p.set_defaults(func=run_query)
 
@@ -100,6 +111,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the tile sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_progress_arguments(p)
+    add_store_kind_argument(p, every=True)
     add_storage_argument(p)
     p.set_defaults(func=run_verify)
 
@@ -142,7 +154,7 @@ def run_assemble(args: argparse.Namespace) -> int:
             arch,
             X,
             args.out,
-            kind=args.kind,
+            kind=args.kind[0] if len(args.kind) == 1 else tuple(args.kind),
             jacobian=args.jacobian,
             tile=args.tile,
             dtype=args.dtype,
@@ -172,13 +184,32 @@ def run_assemble(args: argparse.Namespace) -> int:
     return status
 
 
-def run_info(args: argparse.Namespace) -> int:
+def _opened(args: argparse.Namespace) -> list:
+    """The stores the command reads: the one at STORE (of ``--kind``), or with no ``--kind``
+    every kind of a store of several kinds."""
     from jacntk.store import GramStore
+    from jacntk.store._location import store_kinds
 
-    info = GramStore.open(args.store, storage_options(args.storage_option)).info()
+    options = storage_options(args.storage_option)
+    held = store_kinds(args.store, options)
+    if len(held) == 1:
+        return [GramStore.open(args.store, options, args.kind)]
+    return [GramStore.open(args.store, options, k) for k in ([args.kind] if args.kind else held)]
+
+
+def run_info(args: argparse.Namespace) -> int:
+    infos = [store.info() for store in _opened(args)]
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
         return 0
+    for k, info in enumerate(infos):
+        if k:
+            print()
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
     arch = info["arch"]
     what = "Jacobian kernel fields" if info["jacobian"] else "scalar Gram"
     print(f"store:       {info['url']}")
@@ -196,7 +227,6 @@ def run_info(args: argparse.Namespace) -> int:
     if info.get("source"):
         print(f"data:        {info['source']}")
     print(f"jacntk:      {info['jacntk_version']}, created {info['created']}")
-    return 0
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -208,7 +238,7 @@ def run_query(args: argparse.Namespace) -> int:
         check_output_file(args.out, overwrite=True)
     rows = parse_index_spec(args.rows, "--rows")
     cols = parse_index_spec(args.cols, "--cols")
-    gram = GramStore.open(args.store, storage_options(args.storage_option))
+    gram = GramStore.open(args.store, storage_options(args.storage_option), args.kind)
     block = gram.block(rows, cols, jacobian=args.jacobian)
     if args.out:
         np.save(args.out, block)
@@ -219,13 +249,15 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from jacntk.store import GramStore
-
-    gram = GramStore.open(args.store, storage_options(args.storage_option))
-    report = gram.verify(sample=args.sample, seed=args.seed, progress=args.progress)
+    reports = [
+        gram.verify(sample=args.sample, seed=args.seed, progress=args.progress)
+        for gram in _opened(args)
+    ]
+    ok = all(report["ok"] for report in reports)
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        return 0 if ok else 1
+    for report in reports:
         print(
             f"{report['url']}: {report['tiles_done']}/{report['tiles_total']} tiles recorded, "
             f"checksums checked for all of them, {len(report['recomputed'])} recomputed; inputs "
@@ -236,5 +268,5 @@ def run_verify(args: argparse.Namespace) -> int:
             print(f"DAMAGED {where}: {item['problem']}")
         if report["missing"]:
             print(f"missing {len(report['missing'])} tiles (assembly not finished)")
-        print("OK" if report["ok"] else "DAMAGED")
-    return 0 if report["ok"] else 1
+    print("OK" if ok else "DAMAGED")
+    return 0 if ok else 1

@@ -39,6 +39,12 @@ from ._scalar32 import F32_COLLINEAR, _closed_form_scalar_rows32
 #: Row-block size of the symmetric inner products (see ``_inner_products``).
 GEMM_BLOCK = 5000
 
+#: Largest input dimension at which the closed-form scalar rows form their inner products
+#: themselves (``row_inner_products``) instead of from the GEMM: below it the GEMM is memory
+#: bound (it writes and the rows re-read an (n1, n2) matrix: at N = 10,000, d = 10 it took
+#: 0.3-0.45 s of a 1.1 s NTK on this project's 2-core machines).
+INLINE_DOT_D = 32
+
 #: Arithmetic of the kernel computation (docs/math.md §14): ``"float64"`` (the default), or
 #: ``"float32"``, float32 GEMM and layer maps where that is safe and a float32 result.
 PRECISIONS = ("float64", "float32")
@@ -56,8 +62,7 @@ def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool, out: np.nda
     ``out`` (n1, n2), optional, receives ``P``; a float32 ``out`` makes the GEMM a float32 GEMM
     of the rounded points (docs/math.md §14).  The norms ``q`` are always float64.
     """
-    q1 = np.einsum("ij,ij->i", X1, X1)
-    q2 = q1 if symmetric else np.einsum("ij,ij->i", X2, X2)
+    q1, q2 = _squared_norms(X1, X2, symmetric)
     n1, n2 = X1.shape[0], X2.shape[0]
     P = np.empty((n1, n2)) if out is None else out
     if P.dtype != X1.dtype:
@@ -74,6 +79,12 @@ def _inner_products(X1: np.ndarray, X2: np.ndarray, symmetric: bool, out: np.nda
             P[i:j, j:] = rows @ X1[j:].T
     np.fill_diagonal(P, q1)
     return P, q1, q1
+
+
+def _squared_norms(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
+    """``(q1, q2)``: the squared norms of the rows (float64)."""
+    q1 = np.einsum("ij,ij->i", X1, X1)
+    return q1, (q1 if symmetric else np.einsum("ij,ij->i", X2, X2))
 
 
 def _kind_tuple(kind) -> tuple[tuple[str, ...], bool]:
@@ -223,10 +234,14 @@ def _compute(plan: Plan, A, B, symmetric: bool, jacobian: bool, kinds, dtype) ->
     d = A.shape[1]
     fast32 = dtype == np.float32 and plan.closed_form and not jacobian
     passes = _tile_code(kinds, jacobian)
+    inline = plan.closed_form and not jacobian and d <= INLINE_DOT_D
     if plan.closed_form and not jacobian:  # one pass of the vectorised rows, P in the output
         code, m = passes[0]
         buf = np.empty((m, n1, n2), dtype=np.float32 if fast32 else np.float64)
-        P, q1, q2 = _inner_products(A, B, symmetric, out=buf[m - 1])
+        if inline:  # the rows form <x_i, x'_j> themselves
+            P, (q1, q2) = buf[m - 1], _squared_norms(A, B, symmetric)
+        else:
+            P, q1, q2 = _inner_products(A, B, symmetric, out=buf[m - 1])
     else:
         P, q1, q2 = _inner_products(A, B, symmetric)
     v1, vp1 = _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q1, plan.h)
@@ -236,15 +251,19 @@ def _compute(plan: Plan, A, B, symmetric: bool, jacobian: bool, kinds, dtype) ->
         else _diag_chain(plan.act, plan.depth, plan.omega, plan.sb2, d, q2, plan.h)
     )
     common = (plan.depth, plan.omega, plan.sb2, plan.kappa2, P, d)
+    BT = np.ascontiguousarray(B.T) if inline else np.empty((0, 0))
     results: dict[str, np.ndarray] = {}
     for code, m in passes:
         if plan.closed_form and not jacobian:
             if fast32:
                 _closed_form_scalar_rows32(
-                    plan.act, code, *common, v1, v2, A, B, q1, q2, symmetric, F32_COLLINEAR, buf
-                )
+                    plan.act, code, *common, v1, v2, A, B, q1, q2, symmetric, F32_COLLINEAR, buf,
+                    inline, BT,
+                )  # fmt: skip
             else:
-                _closed_form_scalar_rows(plan.act, code, *common, v1, v2, symmetric, buf)
+                _closed_form_scalar_rows(
+                    plan.act, code, *common, v1, v2, symmetric, buf, inline, A, BT
+                )
             out = buf
         elif jacobian:
             out = fields_tile_routed(plan.act, code, *common, v1, vp1, v2, vp2, plan.h, symmetric)

@@ -419,16 +419,36 @@ def _closed_form_scalar_tile(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
     ``BOTH_NTK`` returns a new (2, n1, n2) array, the NNGP then the NTK (docs/math.md §14).
     """
     out = np.empty((2,) + P.shape) if kind == BOTH_NTK else P[None]
-    _closed_form_scalar_rows(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric, out)
+    no = np.empty((0, 0))
+    _closed_form_scalar_rows(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric, out,
+                             False, no, no)  # fmt: skip
     return out if kind == BOTH_NTK else out[0]
 
 
+@njit(**_FAST)
+def row_inner_products(p, a, BT, j0):
+    """``p[j] = <a, x'_{j0 + j}>``, ``BT`` (d, n2) the transposed points: the closed-form rows'
+    inputs at small d (``INLINE_DOT_D``), summed over k in order (tile-independent)."""
+    m = p.shape[0]
+    for j in range(m):
+        p[j] = a[0] * BT[0, j0 + j]
+    for k in range(1, BT.shape[0]):
+        ak = a[k]
+        row = BT[k, j0:]
+        for j in range(m):
+            p[j] += ak * row[j]
+
+
 @njit(cache=True, parallel=True)
-def _closed_form_scalar_rows(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric, out):
+def _closed_form_scalar_rows(
+    act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, symmetric, out, inline, A, BT
+):  # fmt: skip
     """The rows of ``_closed_form_scalar_tile`` into ``out`` (m, n1, n2): ``out[0]`` the NNGP
     (kind 0), the NTK (kinds 1, 2), or for ``BOTH_NTK`` the NNGP and ``out[1]`` the NTK of the
     same pass.  ``out[m - 1]`` may be ``P`` itself: each row reads ``P[i, j0:]`` before it
-    writes that row."""
+    writes that row.  ``inline``: ``P`` is not filled; each row forms its inner products from
+    ``A`` (n1, d) and ``BT`` (d, n2) (``row_inner_products``; the diagonal pair of a symmetric
+    tile from the diagonal chain ``v1[i, 0] = omega q_i / d + sb2``)."""
     n1, n2 = P.shape
     u1 = np.ascontiguousarray(_point_transform(act, v1).T)
     u2 = np.ascontiguousarray(_point_transform(act, v2).T)
@@ -438,8 +458,15 @@ def _closed_form_scalar_rows(act, kind, depth, omega, sb2, kappa2, P, d, v1, v2,
         th = np.empty(n2)
         for rep in range(_rows_of_task(t, n1, symmetric)):
             i, j0 = _task_row(t, rep, n1, symmetric)
+            if inline:
+                row_inner_products(c[j0:], A[i], BT, j0)
+            else:
+                c[j0:] = P[i, j0:]
             for j in range(j0, n2):
-                c[j] = omega * P[i, j] / d + sb2
+                c[j] = omega * c[j] / d + sb2
+            if inline and symmetric:
+                c[i] = v1[i, 0]
+            for j in range(j0, n2):
                 th[j] = c[j]
             for layer in range(depth):
                 if symmetric:  # the pair (x_i, x_i): covariance = variance (see _pair_jets)

@@ -17,6 +17,7 @@ from ._fields import (
     _point_transform,
     _rows_of_task,
     _task_row,
+    row_inner_products,
 )
 
 _F32 = np.float32
@@ -100,7 +101,8 @@ def _gelu_layer_row32(c, th, v2l, vi, omega, sb2):
 
 @njit(cache=True, parallel=True)
 def _closed_form_scalar_rows32(
-    act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, X1, X2, q1, q2, symmetric, tau, out
+    act, kind, depth, omega, sb2, kappa2, P, d, v1, v2, X1, X2, q1, q2, symmetric, tau, out,
+    inline, BT,
 ):  # fmt: skip
     """The float32 route of ``_closed_form_scalar_rows`` (docs/math.md §14).
 
@@ -112,7 +114,8 @@ def _closed_form_scalar_rows32(
     float64 rows, so the diagonal is the float64 route's value rounded once.  ``v1``, ``v2``:
     float64 diagonal chains; ``q1``, ``q2``: the squared norms (``P_ii = q1[i]``).
     Output ``out`` (m, n1, n2) float32 as ``_closed_form_scalar_rows`` (``out[m - 1]`` may be
-    ``P``).
+    ``P``).  ``inline`` (small d): ``P`` is not filled; each row forms its inner products in
+    float64 from ``X1`` and ``BT = X2^T`` (``row_inner_products``) and rounds them once.
     """
     n1, n2 = P.shape
     u1 = np.ascontiguousarray(_point_transform(act, v1).T)
@@ -131,14 +134,21 @@ def _closed_form_scalar_rows32(
         c = np.empty(n2, dtype=np.float32)
         th = np.empty(n2, dtype=np.float32)
         fl = np.empty(n2, dtype=np.float32)
+        p64 = np.empty(n2 if inline else 0)
         c64 = np.empty(1)
         th64 = np.empty(1)
         for rep in range(_rows_of_task(t, n1, symmetric)):
             i, j0 = _task_row(t, rep, n1, symmetric)
+            if inline:
+                row_inner_products(p64[j0:], X1[i], BT, j0)
+                for j in range(j0, n2):
+                    fl[j] = np.float32(p64[j])
+            else:
+                fl[j0:] = P[i, j0:]
             for j in range(j0, n2):
-                c[j] = od32 * P[i, j] + sb32
+                c[j] = od32 * fl[j] + sb32
                 th[j] = c[j]
-                fl[j] = abs(P[i, j]) * w1[i] * w2[j]
+                fl[j] = abs(fl[j]) * w1[i] * w2[j]
             for layer in range(depth):
                 ui = u1f[layer, i]
                 if act == ERF:

@@ -28,14 +28,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..arch import MLP, check_kind
+from ..arch import KINDS, MLP, check_kind
 from ..kernels._compute import compute_tile
 from ..kernels._fields import Plan, make_plan
 from ..options import DEFAULT_TILE
 from ..progress import progress_bar
 from ..validation import as_points
 from ._format import (
+    FORMAT,
     FORMAT_VERSION,
+    SET_FORMAT_VERSION,
     ChecksumError,
     check_dtype,
     check_tile,
@@ -44,6 +46,7 @@ from ._format import (
     fault_point,
     fingerprint,
     read_manifest,
+    set_attributes,
     store_attributes,
     upper_tiles,
     utc_now,
@@ -51,7 +54,7 @@ from ._format import (
 from ._lease import Lease, acquire
 from ._location import StoreLocation, read_store_attributes, writable_arrays
 from ._reader import GramStore
-from ._writer import create_store, mark_complete, write_inputs, write_tile
+from ._writer import create_set, create_store, mark_complete, write_inputs, write_tile
 
 
 @dataclass(frozen=True)
@@ -96,30 +99,33 @@ def _read_points(location: StoreLocation, store_uuid: str, rows: slice) -> np.nd
 
 
 def _tile_task(
-    location: StoreLocation,
-    meta: dict,
+    parts: list[tuple[StoreLocation, dict]],
     plan: Plan,
     i: int,
     j: int,
     xi: np.ndarray,
     xj: np.ndarray | None,
 ) -> tuple[int, int, int, float, float] | OSError:
-    """Compute tile ``(i, j)`` from its two input tiles and write it.  Returns
-    ``(i, j, bytes written, seconds computing, seconds writing)``, or the ``OSError`` of a
-    failed write (returned, not raised, so that a full disk is reported once by the client,
-    not logged by every worker)."""
+    """Compute tile ``(i, j)`` of every kind from its two input tiles (one pass over the
+    layers) and write each kind into its store (``parts``: location and attributes per kind).
+    Returns ``(i, j, bytes written, seconds computing, seconds writing)``, or the ``OSError``
+    of a failed write (returned, not raised, so that a full disk is reported once by the
+    client, not logged by every worker)."""
     t0 = time.perf_counter()
+    meta = parts[0][1]
     values = compute_tile(
         MLP.from_dict(meta["arch"]),
         xi,
         xj,
-        kind=meta["kind"],
+        kind=tuple(m["kind"] for _, m in parts),
         jacobian=meta["jacobian"],
         plan=plan,
     )
     t1 = time.perf_counter()
+    nbytes = 0
     try:
-        nbytes = write_tile(location, meta["uuid"], i, j, values, meta)
+        for (location, m), v in zip(parts, values, strict=True):
+            nbytes += write_tile(location, m["uuid"], i, j, v, m)
     except OSError as exc:
         return OSError(exc.errno, exc.strerror or str(exc))
     return i, j, nbytes, t1 - t0, time.perf_counter() - t1
@@ -171,7 +177,7 @@ def _existing_meta(location: StoreLocation) -> dict | None:
             "it (choose another --out, or remove it yourself)"
         )
     try:
-        return read_store_attributes(location.open_group("r"), location.url)
+        return read_store_attributes(location.open_group("r"), location.url, sets=True)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
         raise _NotUsable(str(exc)) from None
 
@@ -185,7 +191,7 @@ def prepare_store(
     arch: MLP,
     X: np.ndarray,
     *,
-    kind: str,
+    kind: str | tuple[str, ...],
     jacobian: bool,
     tile: int | None,
     dtype: str,
@@ -195,13 +201,16 @@ def prepare_store(
 ) -> tuple[dict, bool]:
     """Open a compatible store for resuming, or create one.  Returns ``(attributes, created)``.
 
-    A store of an older readable format is used as is, or re-created with ``overwrite``.
-    Replaced without ``overwrite``: a store half-created by a writer that was killed (its
-    attributes lack ``inputs_written``, or the stale lease this writer broke says it was
-    ``creating``).  Raises ``ValueError`` for a store made for other inputs / settings (unless
-    ``overwrite``), and for a location holding something that is not a Zarr store (always).
-    The caller holds ``lease``.
+    ``kind`` a tuple of several kinds: the group of a store of several kinds (``SET_FORMAT``,
+    without its per-kind stores, which :func:`prepare_parts` prepares).  A store of an older
+    readable format is used as is, or re-created with ``overwrite``.  Replaced without
+    ``overwrite``: a store half-created by a writer that was killed (its attributes lack
+    ``inputs_written``, or the stale lease this writer broke says it was ``creating``).  Raises
+    ``ValueError`` for a store made for other inputs / settings (unless ``overwrite``), and for
+    a location holding something that is not a Zarr store (always).  The caller holds
+    ``lease``.
     """
+    several = not isinstance(kind, str)
     half_made = lease.broke is not None and lease.broke.get("phase") == "creating"
     existing, problem = None, None
     if not half_made:
@@ -209,17 +218,23 @@ def prepare_store(
             existing = _existing_meta(location)
         except _NotUsable as exc:
             problem = str(exc)
-        if existing is not None and not existing.get("inputs_written"):
-            existing, half_made = None, True  # killed while creating: nothing recorded yet
+        if existing is not None and existing["format"] == FORMAT:
+            if not existing.get("inputs_written"):
+                existing, half_made = None, True  # killed while creating: nothing recorded yet
     if tile is None:
         tile = existing["tile"] if existing else DEFAULT_TILE
     tile = min(check_tile(tile), X.shape[0])
-    wanted = store_attributes(arch, X, kind=kind, jacobian=jacobian, tile=tile, dtype=dtype)
+    settings = dict(jacobian=jacobian, tile=tile, dtype=dtype)
+    if several:
+        wanted = set_attributes(arch, X, kinds=kind, **settings)
+    else:
+        wanted = store_attributes(arch, X, kind=kind, **settings)
     if source is not None:
         wanted["source"] = str(source)  # where the inputs came from (not compared on resume)
     if existing is not None:
         differences = compare_attributes(existing, wanted)
-        older = existing["format_version"] != FORMAT_VERSION  # read as is; overwrite renews
+        current = SET_FORMAT_VERSION if several else FORMAT_VERSION
+        older = existing["format_version"] != current  # read as is; overwrite renews
         if not differences and not (older and overwrite):
             return existing, False
         problem = f"{location.url} holds a Gram store made for other settings: " + "; ".join(
@@ -229,15 +244,50 @@ def prepare_store(
         raise ValueError(f"{problem}. Use overwrite=True (--overwrite) to replace it")
     try:
         lease.set_phase("creating")
-        create_store(location, wanted, X)
+        if several:
+            create_set(location, wanted)
+        else:
+            create_store(location, wanted, X)
         lease.set_phase("assembling")
     except OSError as exc:
         raise _io_error(exc, location, "create the store") from exc
     return wanted, True
 
 
-def _request(arch: MLP, X: np.ndarray, kind, jacobian, tile, dtype) -> str:
+def prepare_parts(
+    location: StoreLocation, arch: MLP, X: np.ndarray, *, kinds: tuple[str, ...], **options
+) -> tuple[list[tuple[StoreLocation, dict]], bool]:
+    """``prepare_store`` for every kind: ``([(location, attributes) per kind], created)``.
+
+    One kind: the store at ``location``.  Several: the group at ``location``, then one store
+    per kind in its sub-group ``<location>/<kind>``, all with the group's tile."""
+    if len(kinds) == 1:
+        meta, created = prepare_store(location, arch, X, kind=kinds[0], **options)
+        return [(location, meta)], created
+    root, created = prepare_store(location, arch, X, kind=kinds, **options)
+    options["tile"] = root["tile"]
+    parts = []
+    for kind in kinds:
+        child = location.child(kind)
+        meta, _ = prepare_store(child, arch, X, kind=kind, **options)
+        parts.append((child, meta))
+    return parts, created
+
+
+def store_kinds(arch: MLP, kind, jacobian: bool) -> tuple[str, ...]:
+    """The kinds a store is asked for (a kind, or a sequence of them), checked, in ``KINDS``
+    order (so that the same kinds asked in another order find the same store)."""
+    from ..kernels._compute import _kind_tuple
+
+    kinds, _ = _kind_tuple(kind)
+    for k in kinds:
+        check_kind(arch, k, jacobian)
+    return tuple(sorted(kinds, key=KINDS.index))
+
+
+def _request(arch: MLP, X: np.ndarray, kinds, jacobian, tile, dtype) -> str:
     """What a writer asks for, as the key two writers compare (same key: same store)."""
+    kind = kinds[0] if len(kinds) == 1 else list(kinds)
     return json.dumps(
         [fingerprint(X), arch.to_dict(), kind, bool(jacobian), tile, dtype], sort_keys=True
     )
@@ -257,7 +307,7 @@ def assemble(
     X,
     store,
     *,
-    kind: str = "ntk",
+    kind: str | tuple[str, ...] = "ntk",
     jacobian: bool = False,
     tile: int | None = None,
     dtype: str = "float64",
@@ -277,7 +327,11 @@ def assemble(
         Finite inputs.
     store : str or path
         Local path or fsspec URL of the store (created, resumed, or refused: see below).
-    kind : {"ntk", "nngp", "ntk_truncated"}
+    kind : {"ntk", "nngp", "ntk_truncated"} or a sequence of them
+        Several kinds (e.g. ``("nngp", "ntk")``) are computed together, one pass over the
+        layers per tile (docs/math.md §14), into one store of several kinds: a group holding
+        one complete store per kind in its sub-group ``<store>/<kind>``
+        (``GramStore.open(store, kind=...)`` opens one; docs/architecture.md §5.2).
     jacobian : bool
         Store the eight coefficient fields (as six arrays, docs/math.md §4.2) instead of the
         scalar Gram; Jacobian blocks are then materialised on query.
@@ -315,7 +369,7 @@ def assemble(
     t0 = time.perf_counter()
     if not isinstance(arch, MLP):
         raise ValueError(f"arch must be a jacntk.MLP, got {arch!r}")
-    check_kind(arch, kind, jacobian)
+    kinds = store_kinds(arch, kind, jacobian)
     X = as_points(X, "X")
     dtype = check_dtype(dtype)
     if tile is not None:
@@ -325,17 +379,17 @@ def assemble(
 
         check_main_guard()
     location = StoreLocation.of(store, storage_options)
-    plan = make_plan(arch, kind, jacobian)
+    plan = make_plan(arch, kinds[0], jacobian)
     try:
-        lease = acquire(location, _request(arch, X, kind, jacobian, tile, dtype))
+        lease = acquire(location, _request(arch, X, kinds, jacobian, tile, dtype))
     except OSError as exc:
         raise _io_error(exc, location, "take the store's lease") from exc
     with lease:
-        meta, created = prepare_store(
+        parts, created = prepare_parts(
             location,
             arch,
             X,
-            kind=kind,
+            kinds=kinds,
             jacobian=jacobian,
             tile=tile,
             dtype=dtype,
@@ -343,34 +397,45 @@ def assemble(
             lease=lease,
             source=source,
         )
-        gram = GramStore.open(location)
-        try:
-            gram.points  # noqa: B018 - the stored inputs, checked against the fingerprint
-        except ChecksumError:  # damaged: these inputs have the store's fingerprint
-            write_inputs(location.open_group("r+"), X)
-        recorded = [t for t in upper_tiles(gram.n_tiles) if gram.done[t]]
-        damaged = _damaged_tiles(gram, recorded)
-        todo = sorted(gram.missing_tiles() + damaged)
-        total = len(upper_tiles(gram.n_tiles))
+        grams = [GramStore.open(part) for part, _ in parts]
+        todo, damaged = set(), set()
+        for gram in grams:
+            try:
+                gram.points  # noqa: B018 - the stored inputs, checked against the fingerprint
+            except ChecksumError:  # damaged: these inputs have the store's fingerprint
+                write_inputs(gram.location.open_group("r+"), X)
+            recorded = [t for t in upper_tiles(gram.n_tiles) if gram.done[t]]
+            damaged.update(_damaged_tiles(gram, recorded))
+            todo.update(gram.missing_tiles())
+        todo = sorted(todo | damaged)
+        total = len(upper_tiles(grams[0].n_tiles))
         nbytes, workers, compute_seconds, write_seconds = 0, 0, 0.0, 0.0
-        if todo and meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(
-                f"{location.url} is a format-{meta['format_version']} store (an older jacntk) "
-                f"with {len(todo)} of {total} tiles to write; this jacntk writes only format "
-                f"{FORMAT_VERSION}. Use overwrite=True (--overwrite) to re-assemble it"
-            )
+        for gram in grams:
+            if todo and gram.meta["format_version"] != FORMAT_VERSION:
+                raise ValueError(
+                    f"{gram.location.url} is a format-{gram.meta['format_version']} store (an "
+                    f"older jacntk) with {len(todo)} of {total} tiles to write; this jacntk "
+                    f"writes only format {FORMAT_VERSION}. Use overwrite=True (--overwrite) "
+                    "to re-assemble it"
+                )
         if todo:
-            _check_writable(location)
+            for part in [location] + [p for p, _ in parts if p != location]:
+                _check_writable(part)
             nbytes, workers, compute_seconds, write_seconds = _run_tiles(
-                location, meta, plan, todo, client, cluster, progress, lease
+                parts, plan, todo, client, cluster, progress, lease
             )
-        records = read_manifest(gram._array("manifest"), gram.n_tiles)
-        complete = bool(done_tiles(records)[np.triu_indices(gram.n_tiles)].all())
+        complete = all(
+            done_tiles(read_manifest(g._array("manifest"), g.n_tiles))[
+                np.triu_indices(g.n_tiles)
+            ].all()
+            for g in grams
+        )
         if complete:  # (again: a run killed while marking left it unconsolidated)
             fault_point("recorded")
             lease.check()
             try:
-                mark_complete(location)
+                for part in [p for p, _ in parts if p != location] + [location]:
+                    mark_complete(part)  # the group of several kinds last
             except OSError as exc:
                 raise _io_error(exc, location, "mark the store complete") from exc
     broke = lease.broke
@@ -391,13 +456,14 @@ def assemble(
     )
 
 
-def _run_tiles(location, meta, plan, todo, client, cluster, progress, lease: Lease):
-    """Submit one task per missing tile and wait; returns (bytes written, workers, seconds
-    spent computing tiles, seconds spent writing them)."""
+def _run_tiles(parts, plan, todo, client, cluster, progress, lease: Lease):
+    """Submit one task per missing tile (writing every kind of ``parts``) and wait; returns
+    (bytes written, workers, seconds spent computing tiles, seconds spent writing them)."""
     from distributed import as_completed
 
     from ..distributed import get_client
 
+    location, meta = parts[0]
     tile, n = meta["tile"], meta["n"]
     token = uuid.uuid4().hex[:10]
     with (
@@ -419,8 +485,7 @@ def _run_tiles(location, meta, plan, todo, client, cluster, progress, lease: Lea
         futures = [
             c.submit(
                 _tile_task,
-                location,
-                meta,
+                parts,
                 plan,
                 i,
                 j,

@@ -45,6 +45,11 @@ from ..arch import MLP
 from ..kernels._fields import FIELD_NAMES
 
 FORMAT = "jacntk-gram"
+#: A store of several kernel kinds (``assemble(kind=("nngp", "ntk"))``): a group whose
+#: ``jacntk`` attributes have this format, holding one complete store of ``FORMAT`` per kind
+#: in the sub-group named after the kind (docs/architecture.md §5.2).
+SET_FORMAT = "jacntk-gram-set"
+SET_FORMAT_VERSION = 1
 FORMAT_VERSION = 3  # 3: + product digest of scalar tiles; 2: keyed CRC-32C per chunk; 1: sha256
 #: Versions this jacntk opens.  A version-2 store (no product digests: its scalar manifest has
 #: one slot) is read with every chunk CRC-checked, but never extended or repaired.
@@ -283,10 +288,34 @@ def store_attributes(
     }
 
 
+def set_attributes(
+    arch: MLP, X: np.ndarray, *, kinds: tuple, jacobian: bool, tile: int, dtype: str
+) -> dict:
+    """The ``jacntk`` group attributes of a new store of several kinds (``SET_FORMAT``): the
+    settings its per-kind stores share, and ``kinds`` in ``KINDS`` order."""
+    one = store_attributes(arch, X, kind=kinds[0], jacobian=jacobian, tile=tile, dtype=dtype)
+    shared = ("jacntk_version", "arch", "jacobian", "n", "d", "tile", "n_tiles", "dtype")
+    out = {"format": SET_FORMAT, "format_version": SET_FORMAT_VERSION, "kinds": list(kinds)}
+    out.update({key: one[key] for key in shared + ("fingerprint", "uuid", "created")})
+    out["complete"] = False
+    out["layout"] = {
+        kind: f"the {kind} store: a complete jacntk Gram store of these inputs" for kind in kinds
+    }
+    return out
+
+
 def compare_attributes(existing: dict, wanted: dict) -> list[str]:
     """Human-readable differences that make an existing store unusable for ``wanted``."""
+    if existing.get("format") != wanted.get("format"):
+
+        def contents(meta):
+            kinds = meta.get("kinds") or [meta.get("kind")]
+            return "kinds " + ", ".join(map(str, kinds))
+
+        return [f"store holds {contents(existing)}, asked {contents(wanted)}"]
     out = []
-    for key in ("fingerprint", "arch", "kind", "jacobian", "n", "d", "tile", "dtype"):
+    keys = ("fingerprint", "arch", "kind", "kinds", "jacobian", "n", "d", "tile", "dtype")
+    for key in keys:
         if existing.get(key) != wanted.get(key):
             what = "inputs (fingerprint)" if key == "fingerprint" else key
             out.append(f"{what}: store has {existing.get(key)!r}, asked {wanted.get(key)!r}")

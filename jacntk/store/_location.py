@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from ._format import FORMAT, READABLE_VERSIONS
+from ._format import FORMAT, READABLE_VERSIONS, SET_FORMAT, SET_FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class StoreLocation:
         except TypeError as exc:
             raise ValueError(f"storage_options must be JSON-serialisable: {exc}") from None
         return cls(url, options)
+
+    def child(self, name: str) -> StoreLocation:
+        """The location of ``name`` inside this one (the per-kind store of a set)."""
+        return StoreLocation(self.url.rstrip("/") + "/" + name, self.storage_options)
 
     @property
     def options(self) -> dict:
@@ -75,8 +79,12 @@ class StoreLocation:
         )
 
 
-def read_store_attributes(group, url: str) -> dict:
+def read_store_attributes(group, url: str, sets: bool = False) -> dict:
+    """The ``jacntk`` attributes of a Gram store (and, with ``sets``, of a store of several
+    kinds, ``SET_FORMAT``), checked; ``ValueError`` naming what is wrong otherwise."""
     meta = group.attrs.get("jacntk")
+    if sets and isinstance(meta, dict) and meta.get("format") == SET_FORMAT:
+        return _set_attributes(meta, url)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(
             f"{url} is a Zarr group but not a jacntk Gram store (its attributes have no "
@@ -93,6 +101,42 @@ def read_store_attributes(group, url: str) -> dict:
     if missing:
         raise ValueError(f"{url}: store attributes are corrupt (missing {', '.join(missing)})")
     return meta
+
+
+def _set_attributes(meta: dict, url: str) -> dict:
+    if meta.get("format_version") != SET_FORMAT_VERSION:
+        raise ValueError(
+            f"{url} has jacntk store-set format version {meta.get('format_version')!r}; this "
+            f"jacntk reads version {SET_FORMAT_VERSION}"
+        )
+    required = ("arch", "kinds", "jacobian", "n", "d", "tile", "dtype", "fingerprint")
+    missing = [k for k in required if k not in meta]
+    if missing or not isinstance(meta["kinds"], list) or not meta["kinds"]:
+        what = ", ".join(missing) or "kinds"
+        raise ValueError(f"{url}: store attributes are corrupt (missing {what})")
+    return meta
+
+
+def open_attributes(location: StoreLocation, sets: bool = True) -> dict:
+    """The checked attributes of the store (or, with ``sets``, store of several kinds) at
+    ``location``; ``FileNotFoundError`` / ``ValueError`` saying what is there instead."""
+    if not location.exists():
+        raise FileNotFoundError(f"no Gram store at {location.url}")
+    try:
+        group = location.open_group("r")
+    except FileNotFoundError:
+        raise ValueError(
+            f"{location.url} exists but is not a Zarr v3 group (no readable zarr.json)"
+        ) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{location.url} is not a readable Zarr store: {exc}") from None
+    return read_store_attributes(group, location.url, sets=sets)
+
+
+def store_kinds(path_or_url, storage_options: dict | None = None) -> list[str]:
+    """The kernel kinds a store holds: ``[kind]``, or every kind of a store of several."""
+    meta = open_attributes(StoreLocation.of(path_or_url, storage_options))
+    return list(meta["kinds"]) if meta["format"] == SET_FORMAT else [meta["kind"]]
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,6 +16,7 @@ from ..validation import as_vector
 from ._format import (
     _MISSING_SHOWN,
     FULL_FIELDS,
+    SET_FORMAT,
     STORED_FIELDS,
     ChecksumError,
     _indices,
@@ -28,7 +29,7 @@ from ._format import (
     tile_chunks,
     upper_tiles,
 )
-from ._location import StoreLocation, read_store_attributes
+from ._location import StoreLocation, open_attributes
 
 
 @dataclass
@@ -52,29 +53,45 @@ class GramStore:
     # ---- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path_or_url, storage_options: dict | None = None) -> GramStore:
+    def open(
+        cls, path_or_url, storage_options: dict | None = None, kind: str | None = None
+    ) -> GramStore:
         """Open an existing store read-only.
+
+        Parameters
+        ----------
+        path_or_url : str or path
+        storage_options : dict, optional
+            fsspec options of a URL.
+        kind : str, optional
+            The kernel kind to open: needed for a store of several kinds
+            (``assemble(kind=("nngp", "ntk"))``); for a store of one kind it must be that
+            kind (or None).
 
         Raises
         ------
         FileNotFoundError
             Nothing at that location.
         ValueError
-            The location is not a (readable) jacntk Gram store.
+            The location is not a (readable) jacntk Gram store; ``kind`` missing for a store
+            of several kinds, or not one it holds.
         """
         location = StoreLocation.of(path_or_url, storage_options)
-        if not location.exists():
-            raise FileNotFoundError(f"no Gram store at {location.url}")
-        try:
-            group = location.open_group("r")
-        except FileNotFoundError:
-            raise ValueError(
-                f"{location.url} exists but is not a Zarr v3 group (no readable zarr.json)"
-            ) from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"{location.url} is not a readable Zarr store: {exc}") from None
-        meta = read_store_attributes(group, location.url)
-        store = cls(location, meta, np.zeros((0, 0), bool), _group=group)
+        meta = open_attributes(location)
+        if meta["format"] == SET_FORMAT:
+            kinds = meta["kinds"]
+            if kind is None:
+                raise ValueError(
+                    f"{location.url} holds the kinds {', '.join(kinds)} (one store each); "
+                    "choose one: kind= (on the command line --kind)"
+                )
+            if kind not in kinds:
+                raise ValueError(f"{location.url} holds the kinds {', '.join(kinds)}, not {kind!r}")
+            location = location.child(kind)
+            meta = open_attributes(location, sets=False)
+        elif kind is not None and kind != meta["kind"]:
+            raise ValueError(f"{location.url} holds the {meta['kind']} Gram, not {kind!r}")
+        store = cls(location, meta, np.zeros((0, 0), bool))
         store.refresh()
         return store
 

@@ -89,6 +89,24 @@ def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
     return group
 
 
+def create_set(location: StoreLocation, attrs: dict):
+    """Create (replacing anything there) the group of a store of several kinds: its
+    attributes only; the per-kind stores in its sub-groups are made by ``create_store``.  The
+    caller holds the lease."""
+    import zarr
+
+    if location.has_entries():
+        clear_location(location)
+    group = zarr.open_group(
+        store=location.zarr_store(read_only=False),
+        mode="w",
+        zarr_format=3,
+        attributes={"jacntk": attrs},
+    )
+    fault_point("group")
+    return group
+
+
 def write_inputs(group, X: np.ndarray) -> None:
     """Write X, then mark it written in the attributes."""
     group["X"][...] = X

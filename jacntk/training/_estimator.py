@@ -220,14 +220,14 @@ class _KernelEstimator:
                 url = join(location.url, _store_name(self.arch, self.kind, jac, X))
             store = None
             try:
-                store = GramStore.open(url)
+                store = GramStore.open(url, kind=self.kind)
             except FileNotFoundError:
                 pass
             if store is None or not store.complete:
                 assemble(
                     self.arch, X, url, kind=self.kind, jacobian=jac, client=client, progress=False
                 )
-                store = GramStore.open(url)
+                store = GramStore.open(url, kind=self.kind)
         if store.meta.get("fingerprint") not in (None, fingerprint(X)):
             raise ValueError(
                 f"the store {store.location.url} holds a Gram of different points than X "
