@@ -54,7 +54,7 @@ from ._format import (
 from ._lease import Lease, acquire
 from ._location import StoreLocation, read_store_attributes, writable_arrays
 from ._reader import GramStore
-from ._writer import create_set, create_store, mark_complete, write_inputs, write_tile
+from ._writer import create_group, create_store, mark_complete, write_inputs, write_tile
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def prepare_store(
     try:
         lease.set_phase("creating")
         if several:
-            create_set(location, wanted)
+            create_group(location, wanted)
         else:
             create_store(location, wanted, X)
         lease.set_phase("assembling")

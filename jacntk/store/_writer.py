@@ -37,17 +37,7 @@ def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
     ``inputs_written`` false until every array exists and ``X`` is written: a store without it
     is half-created and is replaced by the next assembly (docs/architecture.md
     §5.7).  The caller holds the lease."""
-    import zarr
-
-    if location.has_entries():
-        clear_location(location)
-    group = zarr.open_group(
-        store=location.zarr_store(read_only=False),
-        mode="w",
-        zarr_format=3,
-        attributes={"jacntk": attrs},
-    )
-    fault_point("group")
+    group = create_group(location, attrs)
     n, d, tile, nt = attrs["n"], attrs["d"], attrs["tile"], attrs["n_tiles"]
     names = STORED_FIELDS if attrs["jacobian"] else ("K",)
     for name in names:
@@ -89,10 +79,11 @@ def create_store(location: StoreLocation, attrs: dict, X: np.ndarray):
     return group
 
 
-def create_set(location: StoreLocation, attrs: dict):
-    """Create (replacing anything there) the group of a store of several kinds: its
-    attributes only; the per-kind stores in its sub-groups are made by ``create_store``.  The
-    caller holds the lease."""
+def create_group(location: StoreLocation, attrs: dict):
+    """Create (replacing anything there) an empty group with these ``jacntk`` attributes: a
+    store's (``create_store`` adds its arrays), or that of a store of several kinds (whose
+    per-kind stores in its sub-groups are made by ``create_store``).  The caller holds the
+    lease."""
     import zarr
 
     if location.has_entries():
