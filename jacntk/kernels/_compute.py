@@ -87,7 +87,7 @@ def _squared_norms(X1: np.ndarray, X2: np.ndarray, symmetric: bool):
     return q1, (q1 if symmetric else np.einsum("ij,ij->i", X2, X2))
 
 
-def _kind_tuple(kind) -> tuple[tuple[str, ...], bool]:
+def kind_tuple(kind) -> tuple[tuple[str, ...], bool]:
     """``(kinds, single)``: the kinds asked for, and whether ``kind`` was one string.
 
     Raises ``ValueError`` for an empty sequence, a non-string entry or a kind asked twice
@@ -139,7 +139,7 @@ def compute_tile(
     (erf, relu, gelu) take the float32 GEMM and float32 layer maps, with near-collinear pairs
     and the diagonal in float64; every other tile is computed in float64 and rounded.
     """
-    kinds, single = _kind_tuple(kind)
+    kinds, single = kind_tuple(kind)
     dtype = check_precision(precision)
     for k in kinds:
         check_kind(arch, k, jacobian)
@@ -309,7 +309,7 @@ def kernel_fields(
         ``K_bullet[i, j] = kappa^2 d_bullet K(p, q, r)`` at ``p = <x_i, x'_j>``, ``q = |x_i|^2``,
         ``r = |x'_j|^2`` (docs/math.md §4.2, §5.2).  Cost O(n1 n2 (d + depth)).
     """
-    kinds, single = _kind_tuple(kind)
+    kinds, single = kind_tuple(kind)
     data = compute_tile(arch, X1, X2, kind=kinds, jacobian=True, precision=precision)
     fields = tuple(KernelFields(F, k) for F, k in zip(data, kinds, strict=True))
     return fields[0] if single else fields
@@ -364,7 +364,7 @@ def kernel(
     """
     if not jacobian:
         return compute_tile(arch, X1, X2, kind=kind, jacobian=False, precision=precision)
-    kinds, single = _kind_tuple(kind)
+    kinds, single = kind_tuple(kind)
     dtype = check_precision(precision)
     for k in kinds:
         check_kind(arch, k, True)

@@ -277,9 +277,9 @@ def prepare_parts(
 def store_kinds(arch: MLP, kind, jacobian: bool) -> tuple[str, ...]:
     """The kinds a store is asked for (a kind, or a sequence of them), checked, in ``KINDS``
     order (so that the same kinds asked in another order find the same store)."""
-    from ..kernels._compute import _kind_tuple
+    from ..kernels._compute import kind_tuple
 
-    kinds, _ = _kind_tuple(kind)
+    kinds, _ = kind_tuple(kind)
     for k in kinds:
         check_kind(arch, k, jacobian)
     return tuple(sorted(kinds, key=KINDS.index))
