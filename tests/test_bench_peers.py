@@ -223,7 +223,10 @@ def test_failed_worker_start_of_a_jacobian_row_is_recorded_and_rendered(tmp_path
 
 
 def test_profile_request_times_the_functions_kernel_calls(tmp_path, rng):
-    np.save(tmp_path / "x.npy", rng.standard_normal((40, 3)))
+    from jacntk.kernels._compute import INLINE_DOT_D
+
+    # above INLINE_DOT_D the inner products come from the GEMM (_inner_products)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, INLINE_DOT_D + 1)))
     request = {"x": str(tmp_path / "x.npy"), "arch": _tasks.arch_dict("erf")}
     reply = _jacntk_worker.serve_profile(request, {})
     parts = dict(reply["profile"])
